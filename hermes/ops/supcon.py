@@ -1,0 +1,256 @@
+"""Supervised contrastive loss (SupCon, Khosla et al. 2020) and its ContrastiveSeg form.
+
+The PyTorch reference here is the specification every fused backend is tested against. It
+materialises the N x M similarity matrix; the fused backends do not.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from hermes.ops import dispatch
+
+DENOMINATORS = ("all", "pos_plus_neg")
+REDUCTIONS = ("mean", "none")
+
+
+def supcon_loss_reference(
+    anchors: Tensor,
+    labels: Tensor,
+    contrasts: Tensor | None = None,
+    contrast_labels: Tensor | None = None,
+    *,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    weights: Tensor | None = None,
+    denominator: str = "all",
+    reduction: str = "mean",
+    self_offset: int | None = None,
+) -> Tensor:
+    """Reference SupCon loss, computed in fp32 with the full similarity matrix.
+
+    Shapes:
+        anchors: (N, d), labels: (N,), contrasts: (M, d), contrast_labels: (M,),
+        weights: (N,). Returns (N,) for ``reduction="none"``, else a 0-dim tensor (fp32).
+
+    Semantics (``s_ij = a_i . b_j / temperature``; ``P(i)``: contrasts of anchor i's label
+    other than its own self; self is contrast ``self_offset + i``):
+        ``all``:          log_prob(i, p) = s_ip - log sum_{j != self} exp(s_ij)
+        ``pos_plus_neg``: log_prob(i, p) = s_ip - log(exp(s_ip) + sum_{n: y_n != y_i} exp(s_in))
+        l_i = -(temperature / base_temperature) * mean_{p in P(i)} log_prob(i, p), and 0 when
+        P(i) is empty. ``none`` returns ``l_i * w_i``; ``mean`` returns
+        ``sum_i w_i l_i / #{i : P(i) non-empty}`` (0 when no anchor has a positive).
+    """
+    a = anchors.float()
+    if contrasts is None:
+        b, yb, self_offset = a, labels, 0
+    else:
+        b, yb = contrasts.float(), contrast_labels
+    n, m = a.shape[0], b.shape[0]
+    logits = a @ b.T / temperature  # (N, M)
+
+    not_self = torch.ones(n, m, dtype=torch.bool, device=a.device)
+    if self_offset is not None:
+        rows = torch.arange(n, device=a.device)
+        cols = rows + self_offset
+        inside = (cols >= 0) & (cols < m)
+        not_self[rows[inside], cols[inside]] = False
+    same = labels[:, None] == yb[None, :]
+    pos = same & not_self
+
+    neg_inf = torch.tensor(float("-inf"), device=a.device)
+    if denominator == "all":
+        log_denominator = torch.logsumexp(torch.where(not_self, logits, neg_inf), dim=1)
+        log_prob = logits - log_denominator[:, None]
+    else:
+        neg_lse = torch.logsumexp(torch.where(~same, logits, neg_inf), dim=1)
+        log_prob = logits - torch.logaddexp(logits, neg_lse[:, None])
+
+    n_pos = pos.sum(dim=1)
+    has_pos = n_pos > 0
+    sum_log_prob_pos = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
+    loss = -(temperature / base_temperature) * sum_log_prob_pos / n_pos.clamp(min=1)
+    loss = torch.where(has_pos, loss, torch.zeros_like(loss))
+    if weights is not None:
+        loss = loss * weights.float()
+    if reduction == "none":
+        return loss
+    return loss.sum() / has_pos.sum().clamp(min=1)
+
+
+dispatch.register("supcon_loss", "torch", supcon_loss_reference)
+
+
+def _check(
+    anchors: Tensor,
+    labels: Tensor,
+    contrasts: Tensor | None,
+    contrast_labels: Tensor | None,
+    weights: Tensor | None,
+    temperature: float,
+    base_temperature: float,
+    denominator: str,
+    reduction: str,
+    self_offset: int | None,
+) -> None:
+    if anchors.dim() != 2:
+        raise ValueError(f"supcon_loss: anchors must be (N, d), got shape {tuple(anchors.shape)}")
+    if not anchors.is_floating_point():
+        raise ValueError(f"supcon_loss: anchors must be floating point, got {anchors.dtype}")
+    n, d = anchors.shape
+    if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"supcon_loss: labels must be an integer tensor of shape ({n},), "
+            f"got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if (contrasts is None) != (contrast_labels is None):
+        raise ValueError("supcon_loss: contrasts and contrast_labels must be given together")
+    if contrasts is not None:
+        if contrasts.dim() != 2 or contrasts.shape[1] != d:
+            raise ValueError(
+                f"supcon_loss: contrasts must be (M, {d}), got shape {tuple(contrasts.shape)}"
+            )
+        m = contrasts.shape[0]
+        if contrast_labels.shape != (m,) or contrast_labels.is_floating_point():
+            raise ValueError(
+                f"supcon_loss: contrast_labels must be an integer tensor of shape ({m},), "
+                f"got {contrast_labels.dtype} {tuple(contrast_labels.shape)}"
+            )
+        if contrasts.device != anchors.device or contrast_labels.device != anchors.device:
+            raise ValueError("supcon_loss: contrasts must be on the anchors' device")
+    elif self_offset not in (None, 0):
+        raise ValueError("supcon_loss: self_offset needs contrasts (without them it is 0)")
+    if labels.device != anchors.device:
+        raise ValueError("supcon_loss: labels must be on the anchors' device")
+    if weights is not None and (weights.shape != (n,) or weights.device != anchors.device):
+        raise ValueError(
+            f"supcon_loss: weights must be ({n},) on the anchors' device, got {tuple(weights.shape)}"
+        )
+    if not temperature > 0 or not base_temperature > 0:
+        raise ValueError(
+            f"supcon_loss: temperature and base_temperature must be > 0, "
+            f"got {temperature} and {base_temperature}"
+        )
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"supcon_loss: denominator must be one of {DENOMINATORS}, got {denominator!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"supcon_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def supcon_loss(
+    anchors: Tensor,
+    labels: Tensor,
+    contrasts: Tensor | None = None,
+    contrast_labels: Tensor | None = None,
+    *,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    weights: Tensor | None = None,
+    denominator: str = "all",
+    reduction: str = "mean",
+    backend: str | None = None,
+    self_offset: int | None = None,
+) -> Tensor:
+    """Supervised contrastive loss without materialising the similarity matrix (fused backends).
+
+    Args:
+        anchors: (N, d) float features, L2-normalised by the caller.
+        labels: (N,) integer class of each anchor.
+        contrasts: (M, d) contrast features (a memory bank, or all ranks' features); ``None``
+            uses the anchors themselves with self-pairs excluded.
+        contrast_labels: (M,) integer classes, required with ``contrasts``.
+        temperature, base_temperature: the loss is scaled by ``temperature / base_temperature``.
+        weights: (N,) per-anchor weights (e.g. the reliable mask).
+        denominator: ``"all"`` (SupCon) or ``"pos_plus_neg"`` (ContrastiveSeg).
+        reduction: ``"mean"`` or ``"none"``.
+        backend: ``None`` (automatic), ``"torch"``, ``"triton"``, ``"cpp"`` or ``"cuda"``.
+        self_offset: with ``contrasts``, anchor ``i`` is the same sample as contrast
+            ``self_offset + i`` and that pair is excluded (as when the contrasts are all ranks'
+            features and this rank's anchors start at ``self_offset``). Ignored pairs outside
+            ``[0, M)`` are simply absent.
+
+    Returns:
+        (N,) fp32 per-anchor losses times weights (0 for an anchor with no positive) for
+        ``"none"``; else their sum over the number of anchors with at least one positive.
+        Gradients flow to ``anchors`` and ``contrasts``. See :func:`supcon_loss_reference`.
+    """
+    _check(
+        anchors, labels, contrasts, contrast_labels, weights, temperature, base_temperature,
+        denominator, reduction, self_offset,
+    )
+    inputs = dict(
+        anchors=anchors,
+        labels=labels.long(),
+        contrasts=contrasts,
+        contrast_labels=None if contrast_labels is None else contrast_labels.long(),
+        temperature=float(temperature),
+        base_temperature=float(base_temperature),
+        weights=weights,
+        denominator=denominator,
+        reduction=reduction,
+        self_offset=self_offset,
+    )
+    impl = dispatch.select("supcon_loss", backend, anchors.device, inputs)
+    return impl.fn(**inputs)
+
+
+class SupConLoss(nn.Module):
+    """Drop-in for the SupContrast ``SupConLoss`` (Khosla et al.), backed by :func:`supcon_loss`.
+
+    Called as ``loss(features, labels)`` with ``features: (bsz, n_views, d)`` (L2-normalised) and
+    ``labels: (bsz,)``; without labels every sample is its own class (SimCLR).
+    ``contrast_mode="all"`` uses every view as an anchor, ``"one"`` only the first view.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        contrast_mode: str = "all",
+        base_temperature: float = 0.07,
+        *,
+        denominator: str = "all",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if contrast_mode not in ("all", "one"):
+            raise ValueError(f"SupConLoss: contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
+        self.temperature = temperature
+        self.contrast_mode = contrast_mode
+        self.base_temperature = base_temperature
+        self.denominator = denominator
+        self.backend = backend
+
+    def forward(
+        self, features: Tensor, labels: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        if mask is not None:
+            raise ValueError(
+                "SupConLoss: an explicit pair mask is not supported by the fused ops; pass labels"
+            )
+        if features.dim() < 3:
+            raise ValueError(
+                f"SupConLoss: features must be (bsz, n_views, d), got shape {tuple(features.shape)}"
+            )
+        features = features.reshape(features.shape[0], features.shape[1], -1)
+        bsz, n_views, _ = features.shape
+        if labels is None:
+            labels = torch.arange(bsz, device=features.device)
+        elif labels.shape != (bsz,):
+            raise ValueError(
+                f"SupConLoss: labels must be ({bsz},) for features of shape {tuple(features.shape)}, "
+                f"got {tuple(labels.shape)}"
+            )
+        contrast = torch.cat(torch.unbind(features, dim=1), dim=0)  # view-major: (n_views*bsz, d)
+        contrast_labels = labels.repeat(n_views)
+        common = dict(
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            denominator=self.denominator,
+            backend=self.backend,
+        )
+        if self.contrast_mode == "all":
+            return supcon_loss(contrast, contrast_labels, **common)
+        return supcon_loss(
+            features[:, 0], labels, contrast, contrast_labels, self_offset=0, **common
+        )

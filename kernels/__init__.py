@@ -1,0 +1,6 @@
+"""Triton kernels of Hermes, installed as ``hermes.kernels``.
+
+Only kernels and their launch helpers live here; autograd glue and dispatch live in
+``hermes.ops``. Importing this package imports Triton; set ``TRITON_INTERPRET=1`` before the
+import to run the kernels on the CPU.
+"""
