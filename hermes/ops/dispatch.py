@@ -83,7 +83,7 @@ def register(
 
 def load_backends() -> dict[str, str]:
     """Import every backend module once. Returns ``{backend: why it is unavailable}``."""
-    for backend, module in _BACKEND_MODULES.items():
+    for module in set(_BACKEND_MODULES.values()):
         if module in _LOADED:
             continue
         _LOADED.add(module)
