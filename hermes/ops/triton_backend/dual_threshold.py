@@ -1,0 +1,145 @@
+"""``dual_threshold`` on Triton: custom ops ``hermes::triton_dual_threshold_pass1`` / ``_pass2``.
+
+The ``histogram_hook`` (e.g. an all-reduce) and the class thresholds run between the two ops,
+on the device: nothing here synchronises with the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from hermes.kernels import dual_threshold as K
+from hermes.ops.dual_threshold import (
+    ENTROPY_EPS,
+    DualThresholdOutput,
+    DualThresholdStats,
+    class_thresholds,
+)
+from hermes.ops.triton_backend._common import device_reasons, dtype_reasons
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@torch.library.custom_op("hermes::triton_dual_threshold_pass1", mutates_args=())
+def pass1(logits: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Shapes: logits (B, C, S) contiguous, valid (B, S) bool or None.
+
+    Returns labels (B, S) int64, confidence and entropy (B, S) fp32, histogram (C,) int64.
+    """
+    b, c, s = logits.shape
+    dev = logits.device
+    labels = torch.empty(b, s, dtype=torch.int64, device=dev)
+    conf = torch.empty(b, s, dtype=torch.float32, device=dev)
+    ent = torch.empty(b, s, dtype=torch.float32, device=dev)
+    hist = torch.zeros(c, dtype=torch.int64, device=dev)
+    e = b * s
+    if e > 0:
+        block_e, block_c = K.block_sizes(c)
+        K.dual_threshold_pass1_kernel[(_cdiv(e, block_e),)](
+            logits, valid, labels, conf, ent, hist, e, c, s, ENTROPY_EPS,
+            HAS_VALID=valid is not None, BLOCK_E=block_e, BLOCK_C=block_c,
+        )
+    return labels, conf, ent, hist
+
+
+@pass1.register_fake
+def _(logits, valid):
+    b, c, s = logits.shape
+    return (
+        logits.new_empty((b, s), dtype=torch.int64),
+        logits.new_empty((b, s), dtype=torch.float32),
+        logits.new_empty((b, s), dtype=torch.float32),
+        logits.new_empty((c,), dtype=torch.int64),
+    )
+
+
+@torch.library.custom_op("hermes::triton_dual_threshold_pass2", mutates_args=())
+def pass2(
+    labels: Tensor,
+    confidence: Tensor,
+    entropy: Tensor,
+    valid: Tensor | None,
+    thresholds: Tensor,
+    eta: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Shapes: labels, confidence, entropy (B, S); valid (B, S) bool or None; thresholds (C,)
+    fp32; eta (1,) fp32. Returns reliable (B, S) bool, kept counts (3, C) int64 (confident,
+    certain, reliable) and the sums of confidence and entropy (2,) fp32 over valid entries."""
+    c = thresholds.shape[0]
+    dev = labels.device
+    reliable = torch.empty(labels.shape, dtype=torch.uint8, device=dev)
+    kept = torch.zeros(3, c, dtype=torch.int64, device=dev)
+    sums = torch.zeros(2, dtype=torch.float32, device=dev)
+    e = labels.numel()
+    if e > 0:
+        block_e, block_c = K.block_sizes(c)
+        K.dual_threshold_pass2_kernel[(_cdiv(e, block_e),)](
+            labels, confidence, entropy, valid, thresholds, eta, reliable, kept, sums, e, c,
+            HAS_VALID=valid is not None, BLOCK_E=block_e, BLOCK_C=block_c,
+        )
+    return reliable.view(torch.bool), kept, sums
+
+
+@pass2.register_fake
+def _(labels, confidence, entropy, valid, thresholds, eta):
+    c = thresholds.shape[0]
+    return (
+        labels.new_empty(labels.shape, dtype=torch.bool),
+        labels.new_empty((3, c), dtype=torch.int64),
+        labels.new_empty((2,), dtype=torch.float32),
+    )
+
+
+def dual_threshold(
+    logits: Tensor,
+    *,
+    eta: float | Tensor,
+    tau_max: float,
+    tau_min: float,
+    valid: Tensor | None,
+    histogram_hook: Callable[[Tensor], Tensor] | None,
+) -> DualThresholdOutput:
+    """The Triton implementation behind :func:`hermes.ops.dual_threshold` (same arguments)."""
+    b, c = logits.shape[:2]
+    spatial = tuple(logits.shape[2:])
+    x = logits.detach().reshape(b, c, -1).contiguous()
+    v = None if valid is None else valid.reshape(b, -1).contiguous()
+    labels, conf, ent, hist = pass1(x, v)
+    global_hist = hist if histogram_hook is None else histogram_hook(hist.clone())
+    thresholds = class_thresholds(global_hist, tau_max, tau_min)
+    if isinstance(eta, Tensor):
+        eta_t = eta.detach().to(device=logits.device, dtype=torch.float32).reshape(1)
+    else:
+        eta_t = torch.full((1,), float(eta), dtype=torch.float32, device=logits.device)
+    reliable, kept, sums = pass2(labels, conf, ent, v, thresholds.contiguous(), eta_t)
+    total = hist.float().clamp(min=1)
+    count = hist.sum().clamp(min=1).float()
+    stats = DualThresholdStats(
+        histogram=hist,
+        kept_confident=kept[0].float() / total,
+        kept_certain=kept[1].float() / total,
+        kept_reliable=kept[2].float() / total,
+        mean_confidence=sums[0] / count,
+        mean_entropy=sums[1] / count,
+    )
+    shape = (b, *spatial)
+    return DualThresholdOutput(
+        labels.reshape(shape), conf.reshape(shape), ent.reshape(shape), reliable.reshape(shape),
+        thresholds, stats,
+    )
+
+
+def not_supported_reasons(logits: Tensor, valid: Tensor | None = None, **_) -> list[str]:
+    """Why the Triton ``dual_threshold`` cannot take these inputs (empty when it can)."""
+    reasons = device_reasons(logits, valid)
+    reasons += dtype_reasons(
+        "logits", logits, (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    )
+    if logits.shape[1] > K.MAX_CLASSES:
+        reasons.append(f"{logits.shape[1]} classes exceed the kernel's maximum of {K.MAX_CLASSES}")
+    return reasons
