@@ -1,0 +1,186 @@
+"""``DataConfig`` -> ``Data``: records, split, datasets and loaders in one call."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from hermes.data.datasets import LabeledDataset, UnlabeledDataset
+from hermes.data.phantom import PhantomConfig, ensure_phantom
+from hermes.data.readers import Record, read_dataset, read_folder
+from hermes.data.splits import Split, make_split
+
+logger = logging.getLogger(__name__)
+
+DATASETS = ("phantom", "busi", "udiat", "folder")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from, how it is split and batched.
+
+    Attributes:
+        dataset: ``"phantom"`` (generated, the default), ``"busi"``, ``"udiat"`` or ``"folder"``.
+        root: dataset folder (not used by the phantom).
+        classes: classes taking part, in label order (BUSI's ``normal`` is left out by default).
+        image_size: side of the square network input.
+        labeled: label budget, a count (int) or a fraction of the train part (float).
+        test_fraction: per-class share held out for testing.
+        seed: split seed (and phantom seed).
+        batch_size: labeled batch size.
+        unlabeled_batch_size: unlabeled batch size.
+        num_workers: DataLoader workers.
+        split_file: JSON split; loaded if it exists, else the new split is written there.
+        phantom_size: number of phantom images.
+        phantom_image_size: side of the generated phantom images.
+        phantom_malignant_fraction: share of malignant phantom images.
+        duplicate_distance: phash Hamming distance for near-duplicates (negative: off).
+        cache_images: keep decoded, resized samples in memory.
+        cache_dir: phantom cache folder (default ``$HERMES_CACHE/phantom`` or
+            ``~/.cache/hermes/phantom``).
+    """
+
+    dataset: str = "phantom"
+    root: str | None = None
+    classes: tuple[str, ...] = ("benign", "malignant")
+    image_size: int = 224
+    labeled: int | float = 50
+    test_fraction: float = 0.3
+    seed: int = 0
+    batch_size: int = 8
+    unlabeled_batch_size: int = 8
+    num_workers: int = 0
+    split_file: str | None = None
+    phantom_size: int = 400
+    phantom_image_size: int = 224
+    phantom_malignant_fraction: float = 0.5
+    duplicate_distance: int = 10
+    cache_images: bool = True
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"DataConfig.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        if self.dataset != "phantom" and not self.root:
+            raise ValueError(f"DataConfig.root is required for dataset {self.dataset!r}")
+        self.classes = tuple(c.lower() for c in self.classes)
+        if len(self.classes) < 2:
+            raise ValueError(f"DataConfig.classes needs at least two classes, got {self.classes}")
+        for name in ("image_size", "batch_size", "unlabeled_batch_size", "phantom_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class Data:
+    """The three loaders and what they were built from (see the package docstring)."""
+
+    labeled: DataLoader
+    unlabeled: DataLoader
+    test: DataLoader
+    classes: tuple[str, ...]
+    split: Split
+    records: list[Record] = field(repr=False, default_factory=list)
+    root: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_records(cfg: DataConfig) -> tuple[list[Record], Path]:
+    """Read (or generate, for the phantom) the records of ``cfg``; return them and the root."""
+    if cfg.dataset == "phantom":
+        unknown = set(cfg.classes) - {"benign", "malignant"}
+        if unknown:
+            raise ValueError(f"the phantom has classes benign and malignant, not {sorted(unknown)}")
+        pcfg = PhantomConfig(
+            cfg.phantom_size, cfg.phantom_image_size, cfg.phantom_malignant_fraction, cfg.seed
+        )
+        root = ensure_phantom(pcfg, cfg.cache_dir)
+        return read_folder(root, cfg.classes), root
+    assert cfg.root is not None  # checked in DataConfig.__post_init__
+    root = Path(cfg.root).expanduser()
+    return read_dataset(cfg.dataset, root, cfg.classes), root
+
+
+def resolve_split(cfg: DataConfig, records: list[Record]) -> Split:
+    """Load ``cfg.split_file`` if it exists; else make the split (and save it if asked)."""
+    if cfg.split_file and Path(cfg.split_file).is_file():
+        split = Split.load(cfg.split_file)
+        split.check(records)
+        logger.info("split loaded from %s", cfg.split_file)
+        return split
+    distance = -1 if cfg.dataset == "phantom" else cfg.duplicate_distance
+    split = make_split(records, cfg.labeled, cfg.test_fraction, cfg.seed, distance)
+    if cfg.split_file:
+        split.save(cfg.split_file)
+        logger.info("split saved to %s", cfg.split_file)
+    return split
+
+
+def _train_loader(ds: Dataset, batch_size: int, cfg: DataConfig, seed_offset: int) -> DataLoader:
+    """Shuffled, ``drop_last`` loader that still yields batches when ``len(ds) < batch_size``."""
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
+    n = len(ds)
+    if n == 0:
+        raise ValueError("cannot build a training loader over an empty set")
+    small = n < batch_size
+    sampler = RandomSampler(
+        ds, replacement=small, num_samples=batch_size if small else None, generator=gen
+    )
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
+
+
+def build_data(cfg: DataConfig) -> Data:
+    """Build the labeled, unlabeled and test loaders of ``cfg``.
+
+    Batches: labeled and test ``{"image": (B,3,S,S) float, "mask": (B,S,S) int64,
+    "label": (B,) int64, "id": list[str]}``; unlabeled ``{"weak", "strong": (B,3,S,S),
+    "mask": (B,S,S), "label": (B,), "id": list[str]}`` (mask and label for monitoring only).
+    """
+    records, root = load_records(cfg)
+    split = resolve_split(cfg, records)
+    by_id = {r.id: r for r in records}
+    part = {
+        name: [by_id[i] for i in ids]
+        for name, ids in (
+            ("labeled", split.labeled),
+            ("unlabeled", split.unlabeled),
+            ("test", split.test),
+        )
+    }
+    common = {"classes": cfg.classes, "image_size": cfg.image_size, "cache": cfg.cache_images}
+    labeled = LabeledDataset(part["labeled"], augment=True, **common)
+    unlabeled = UnlabeledDataset(part["unlabeled"], **common)
+    test = LabeledDataset(part["test"], augment=False, **common)
+    logger.info(
+        "data %s: %d labeled, %d unlabeled, %d test (%s)",
+        cfg.dataset,
+        len(labeled),
+        len(unlabeled),
+        len(test),
+        ", ".join(cfg.classes),
+    )
+    return Data(
+        labeled=_train_loader(labeled, cfg.batch_size, cfg, 1),
+        unlabeled=_train_loader(unlabeled, cfg.unlabeled_batch_size, cfg, 2),
+        test=DataLoader(
+            test, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers
+        ),
+        classes=cfg.classes,
+        split=split,
+        records=records,
+        root=root,
+    )
