@@ -1,0 +1,43 @@
+"""pytest options and parametrisation of the benchmark suites.
+
+Each suite module defines ``shapes(device_type, large)`` and ``dtypes(device_type)``; the
+``shape`` and ``dtype`` arguments of its tests are parametrised from them here, so that one module
+holds the CPU sizes, the GPU target sizes of KERNELS.md, and the larger sizes behind
+``--hermes-large``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hermes benchmarks")
+    group.addoption(
+        "--hermes-large",
+        action="store_true",
+        default=False,
+        help="add the larger shapes (minutes more on a CPU; the GPU targets of KERNELS.md)",
+    )
+
+
+def _device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    large = metafunc.config.getoption("--hermes-large")
+    module = metafunc.module
+    if "shape" in metafunc.fixturenames:
+        shapes = module.shapes(_device_type(), large)
+        metafunc.parametrize("shape", shapes, ids=[s.id for s in shapes])
+    if "dtype" in metafunc.fixturenames:
+        dtypes = module.dtypes(_device_type())
+        metafunc.parametrize("dtype", dtypes, ids=[str(d).removeprefix("torch.") for d in dtypes])
+
+
+@pytest.fixture
+def large(request: pytest.FixtureRequest) -> bool:
+    """Whether ``--hermes-large`` was given."""
+    return bool(request.config.getoption("--hermes-large"))
