@@ -1,0 +1,95 @@
+"""``inter_task_attention``: every fast backend against the reference, output and four gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hermes.ops import InterTaskAttention, inter_task_attention, inter_task_attention_reference
+
+# (B, C, H, W, k): 1, primes, more channels than one channel chunk (32), more pixels than one
+# pixel block (256), kernel sizes 1, 3 and 5.
+SHAPES = [
+    (1, 1, 1, 1, 3),
+    (2, 5, 7, 9, 3),
+    (2, 37, 5, 3, 3),
+    (1, 3, 17, 19, 1),
+    (2, 3, 4, 6, 5),
+]
+NAMES = ("cls_feature", "gate", "spatial_weight", "spatial_bias")
+
+
+def _inputs(shape, seed=0, ties=False):
+    b, c, h, w, k = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, c, h, w, generator=g)
+    if ties:  # few distinct values: the channel max is attained by several channels
+        x = torch.randint(-2, 3, (b, c, h, w), generator=g).float()
+    gate = torch.ones(b, c) if ties else torch.rand(b, c, generator=g)
+    weight = torch.randn(1, 2, k, k, generator=g) * 0.5
+    bias = torch.randn(1, generator=g)
+    grad = torch.randn(b, c, h, w, generator=g)
+    return (x, gate, weight, bias), grad
+
+
+def _run(fn, inputs, grad, dtype, device):
+    leaves = [t.to(device, dtype if i < 2 else torch.float32).requires_grad_() for i, t in enumerate(inputs)]
+    y = fn(*leaves)
+    grads = torch.autograd.grad((y.float() * grad.to(device)).sum(), leaves)
+    return y, grads
+
+
+def _compare(fast_backend, require_backend, check, shape, dtype, **kw):
+    name, device = fast_backend
+    inputs, grad = _inputs(shape, **kw)
+    on_device = [t.to(device, dtype if i < 2 else torch.float32) for i, t in enumerate(inputs)]
+    require_backend("inter_task_attention", name, dict(zip(NAMES, on_device, strict=True)))
+    y, grads = _run(lambda *t: inter_task_attention(*t, backend=name), inputs, grad, dtype, device)
+    y_ref, g_ref = _run(inter_task_attention_reference, inputs, grad, torch.float32, "cpu")
+    y_dt, g_dt = (y_ref, g_ref) if dtype == torch.float32 else _run(
+        inter_task_attention_reference, inputs, grad, dtype, "cpu"
+    )
+    assert y.dtype == dtype and y.shape == inputs[0].shape
+    check(y, y_ref, y_dt, dtype, "forward", "y")
+    for got, want, want_dt, what in zip(grads, g_ref, g_dt, NAMES, strict=True):
+        check(got, want, want_dt, dtype, "grad", f"grad {what}")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_C{}_{}x{}_k{}".format(*s))
+def test_matches_reference_fp32(fast_backend, require_backend, check, shape):
+    _compare(fast_backend, require_backend, check, shape, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2]], ids=["small", "many_channels"])
+def test_matches_reference_half(fast_backend, require_backend, check, shape, dtype):
+    _compare(fast_backend, require_backend, check, shape, dtype)
+
+
+def test_ties_at_the_channel_max(fast_backend, require_backend, check):
+    """Where several channels attain the max, its gradient is shared evenly (as torch.amax)."""
+    _compare(fast_backend, require_backend, check, (2, 6, 5, 4, 3), torch.float32, ties=True)
+
+
+def test_module_matches_torch_backend(fast_backend, require_backend, check):
+    """``InterTaskAttention`` gives the same output and parameter gradients on either backend."""
+    name, device = fast_backend
+    torch.manual_seed(0)
+    module = InterTaskAttention(channels=6, reduction=2)
+    c, s = torch.randn(2, 6, 5, 7), torch.randn(2, 6, 5, 7)
+    require_backend(
+        "inter_task_attention", name,
+        dict(cls_feature=c.to(device), gate=torch.rand(2, 6, device=device),
+             spatial_weight=module.spatial.weight.to(device), spatial_bias=module.spatial.bias.to(device)),
+    )
+    results = {}
+    for backend, dev in ((name, device), ("torch", torch.device("cpu"))):
+        m = module.to(dev)
+        m.backend = backend
+        m.zero_grad()
+        y = m(c.to(dev), s.to(dev))
+        y.square().sum().backward()
+        results[backend] = (y.detach().cpu(), {k: p.grad.cpu() for k, p in m.named_parameters()})
+    check(results[name][0], results["torch"][0], None, torch.float32, "forward", "module output")
+    for k, want in results["torch"][1].items():
+        check(results[name][1][k], want, None, torch.float32, "grad", f"grad {k}")
