@@ -49,7 +49,7 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 # Bump when the generator changes, so that cached datasets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 CLASSES = ("benign", "malignant")
 
 
@@ -117,24 +117,24 @@ def _uniform_or_mid(rng: np.random.Generator, low: float, high: float) -> float:
 def draw_lesion(rng: np.random.Generator, malignant: bool, n: int) -> LesionParams:
     """Draw the lesion of one image of side ``n`` (distributions calibrated against BUSI)."""
     if malignant:
-        area = float(np.clip(np.exp(rng.normal(np.log(0.10), 0.75)), 0.012, 0.35))
+        area = float(np.clip(np.exp(rng.normal(np.log(0.14), 0.8)), 0.012, 0.35))
         aspect = float(np.exp(rng.normal(np.log(1.0), 0.3)))  # often taller than wide
         tilt = float(rng.normal(0.0, 0.35))
         n_harm = int(rng.integers(3, 7))
         harmonics = tuple(
-            (int(k), float(rng.uniform(0.04, 0.14)), float(rng.uniform(0, 2 * np.pi)))
+            (int(k), float(rng.uniform(0.03, 0.09)), float(rng.uniform(0, 2 * np.pi)))
             for k in rng.choice(np.arange(3, 11), n_harm, replace=False)
         )
-        n_spic = int(rng.integers(0, 12)) if rng.random() < 0.7 else 0
+        n_spic = int(rng.integers(1, 10)) if rng.random() < 0.5 else 0
         spicules = tuple(
             (
                 float(rng.uniform(0, 2 * np.pi)),
-                float(rng.uniform(0.15, 0.55)),
-                float(rng.uniform(0.03, 0.08)),
+                float(rng.uniform(0.1, 0.35)),
+                float(rng.uniform(0.03, 0.07)),
             )
             for _ in range(n_spic)
         )
-        echo = float(rng.uniform(0.12, 0.45))
+        echo = float(rng.uniform(0.08, 0.35))
         heterogeneity = float(rng.uniform(0.2, 0.6))
         margin_width = float(rng.uniform(1.5, 5.0)) if rng.random() < 0.6 else 0.7
         halo = float(rng.uniform(0.3, 0.9)) if rng.random() < 0.3 else 0.0
@@ -147,8 +147,8 @@ def draw_lesion(rng: np.random.Generator, malignant: bool, n: int) -> LesionPara
             posterior = float(rng.uniform(0.8, 1.2))
         calcifications = int(rng.integers(2, 10)) if rng.random() < 0.35 else 0
     else:
-        area = float(np.clip(np.exp(rng.normal(np.log(0.04), 0.95)), 0.006, 0.3))
-        aspect = float(np.exp(rng.normal(np.log(1.5), 0.25)))  # wider than tall
+        area = float(np.clip(np.exp(rng.normal(np.log(0.035), 1.2)), 0.005, 0.3))
+        aspect = float(np.exp(rng.normal(np.log(1.4), 0.3)))  # wider than tall
         tilt = float(rng.normal(0.0, 0.15))
         n_harm = int(rng.integers(0, 3))
         harmonics = tuple(
@@ -158,13 +158,13 @@ def draw_lesion(rng: np.random.Generator, malignant: bool, n: int) -> LesionPara
         spicules = ()
         if rng.random() < 0.1:  # some benign masses look irregular too
             harmonics += ((int(rng.integers(4, 8)), float(rng.uniform(0.05, 0.1)), 0.0),)
-        echo = float(rng.uniform(0.04, 0.4))
+        echo = float(rng.uniform(0.01, 0.25))
         heterogeneity = float(rng.uniform(0.0, 0.3))
         margin_width = 0.7 if rng.random() < 0.85 else float(rng.uniform(1.5, 3.0))
         halo = 0.0
         u = rng.random()
-        if u < 0.6:
-            posterior = float(rng.uniform(1.4, 2.8))
+        if u < 0.65:
+            posterior = float(rng.uniform(1.8, 3.5))
         elif u < 0.7:
             posterior = float(rng.uniform(0.3, 0.6))
         else:
@@ -239,7 +239,7 @@ def simulate(rng: np.random.Generator, malignant: bool, n: int) -> tuple[np.ndar
     fat_region = (zz >= skin[None, xs]) & (zz < fat[None, xs])
     gland_region = (zz >= fat[None, xs]) & (zz < chest[None, xs])
     muscle_region = zz >= chest[None, xs]
-    echo = echo + fat_region * 0.3 * np.exp(0.3 * lobules)
+    echo = echo + fat_region * 0.2 * np.exp(0.3 * lobules)
     gland = np.exp(0.5 * texture) * np.where(lobules > 0.8, 0.35, 1.0)
     echo = echo + gland_region * rng.uniform(0.8, 1.1) * gland
     striation = 1.0 + 0.5 * np.sin(2 * np.pi * zz * n / rng.uniform(5, 9) + 0.8 * texture)
@@ -258,28 +258,31 @@ def simulate(rng: np.random.Generator, malignant: bool, n: int) -> tuple[np.ndar
     alpha = np.full((n, n), alpha0) - np.log(p.posterior_factor) / (2 * thickness) * inside
     attenuation = np.exp(-2 * np.cumsum(alpha, axis=0))
 
-    scatter = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) / np.sqrt(2)
+    # two compounded frames (steered views of the same tissue decorrelate the speckle)
+    scatter = (rng.standard_normal((2, n, n)) + 1j * rng.standard_normal((2, n, n))) / np.sqrt(2)
     reflect = scatter * echo
     if p.calcifications:
         ys, xs_in = np.nonzero(mask)
         pick = rng.choice(ys.size, min(p.calcifications, ys.size), replace=False)
-        reflect[ys[pick], xs_in[pick]] += 8.0 * np.exp(1j * rng.uniform(0, 2 * np.pi, pick.size))
+        reflect[:, ys[pick], xs_in[pick]] += 8.0 * np.exp(1j * rng.uniform(0, 2 * np.pi, pick.size))
 
     # baseband PSF: Gaussian, narrow along depth, wide across (focal blur grows with depth
     # is neglected); FFT convolution
-    sig_z, sig_x = rng.uniform(1.7, 2.0), rng.uniform(4.4, 5.2)
+    sig_z, sig_x = rng.uniform(1.3, 1.5), rng.uniform(2.9, 3.4)
     fz = np.fft.fftfreq(n)[:, None]
     fx = np.fft.fftfreq(n)[None, :]
     otf = np.exp(-2 * np.pi**2 * ((fz * sig_z) ** 2 + (fx * sig_x) ** 2))
     iq = np.fft.ifft2(np.fft.fft2(reflect * attenuation) * otf)
-    noise = (rng.standard_normal((n, n)) + 1j * rng.standard_normal((n, n))) * 0.004
+    # electronic noise 45-55 dB below the echo level near the skin
+    level = np.sqrt(np.mean(np.abs(iq[:, : n // 5]) ** 2)) * 10 ** (-rng.uniform(45, 55) / 20)
+    noise = (rng.standard_normal(iq.shape) + 1j * rng.standard_normal(iq.shape)) * level
     tgc = np.exp(2 * alpha0 * np.arange(n) * rng.uniform(0.85, 1.1))[:, None]
-    envelope = np.abs(iq + noise) * tgc
+    envelope = np.abs(iq + noise).mean(axis=0) * tgc
 
     ref = np.percentile(envelope[gland_region] if gland_region.any() else envelope, 99)
-    dyn = rng.uniform(45, 60)
+    dyn = rng.uniform(50, 60)
     grey = (20 * np.log10(envelope / ref + 1e-9) + dyn) / dyn
-    grey = np.clip(grey, 0, 1) ** rng.uniform(1.3, 1.9)  # the scanner's grey map
+    grey = np.clip(grey, 0, 1) ** rng.uniform(2.0, 2.8)  # the scanner's grey map
     return np.clip(grey, 0, 1).astype(np.float32), mask
 
 
