@@ -56,7 +56,10 @@ def ias_pool_kernel(
 
 
 @triton.jit
-def _conv_at(src_ptr, w_ptr, offs_p, p_ok, H, W, HW, FLIP: tl.constexpr, KSIZE: tl.constexpr):
+def _conv_at(
+    src_ptr, w_ptr, offs_p, p_ok, H, W, HW,
+    FLIP: tl.constexpr, KSIZE: tl.constexpr, BLOCK_P: tl.constexpr,
+):
     """sum over the two maps and the K x K window of w * src (zero padding), at pixels offs_p.
 
     ``src_ptr`` points at two maps of HW (``FLIP=False``: the forward correlation) or at one map
@@ -64,8 +67,8 @@ def _conv_at(src_ptr, w_ptr, offs_p, p_ok, H, W, HW, FLIP: tl.constexpr, KSIZE: 
     """
     h = offs_p // W
     w = offs_p % W
-    acc0 = tl.zeros(offs_p.shape, tl.float32)
-    acc1 = tl.zeros(offs_p.shape, tl.float32)
+    acc0 = tl.zeros([BLOCK_P], tl.float32)
+    acc1 = tl.zeros([BLOCK_P], tl.float32)
     for i in tl.static_range(KSIZE):
         for j in tl.static_range(KSIZE):
             if FLIP:
@@ -99,7 +102,7 @@ def ias_apply_kernel(
     b = tl.program_id(0)
     offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = offs_p < HW
-    z, _ = _conv_at(pooled_ptr + b * 2 * HW, w_ptr, offs_p, p_ok, H, W, HW, False, KSIZE)
+    z, _ = _conv_at(pooled_ptr + b * 2 * HW, w_ptr, offs_p, p_ok, H, W, HW, False, KSIZE, BLOCK_P)
     a = tl.sigmoid(z + tl.load(bias_ptr).to(tl.float32))
     tl.store(a_ptr + b * HW + offs_p, a, mask=p_ok)
     for c0 in range(0, C, BLOCK_C):
@@ -167,7 +170,7 @@ def ias_bwd_feature_kernel(
     pb = tl.program_id(1)
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = offs_p < HW
-    d_max, d_mean = _conv_at(dz_ptr + b * HW, w_ptr, offs_p, p_ok, H, W, HW, True, KSIZE)
+    d_max, d_mean = _conv_at(dz_ptr + b * HW, w_ptr, offs_p, p_ok, H, W, HW, True, KSIZE, BLOCK_P)
     m = tl.load(pooled_ptr + b * 2 * HW + offs_p, mask=p_ok, other=0.0)
     cnt = tl.load(cnt_ptr + b * HW + offs_p, mask=p_ok, other=1.0)
     a = tl.load(a_ptr + b * HW + offs_p, mask=p_ok, other=0.0)
