@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -164,3 +165,60 @@ def measure_records(records: Iterable, size: int = 224) -> dict[str, list[Lesion
         stats = lesion_stats(image.mean(0).numpy(), mask.numpy())
         by_class.setdefault(rec.label, []).append(stats)
     return by_class
+
+
+_TABLE_ROWS = (
+    ("area", "lesion area fraction"),
+    ("aspect", "aspect ratio width/height"),
+    ("solidity", "solidity (area / convex hull)"),
+    ("roughness", "boundary roughness P^2/(4 pi A)"),
+    ("contrast", "contrast inside / ring"),
+    ("posterior", "posterior / beside"),
+    ("speckle_axial", "speckle FWHM axial (px)"),
+    ("speckle_lateral", "speckle FWHM lateral (px)"),
+)
+
+
+def _cell(summary: dict[str, dict[str, float]], key: str) -> str:
+    if key in ("shadowed", "enhanced"):
+        s = summary.get(key)
+        return f"{100 * s['rate']:.0f}%" if s else "-"
+    s = summary.get(key)
+    if not s:
+        return "-"
+    return f"{s['median']:.3g} [{s['q1']:.3g}, {s['q3']:.3g}]"
+
+
+def comparison_table(phantom_root: str | Path, busi_root: str | Path, size: int = 224) -> str:
+    """Markdown table "phantom vs BUSI": median [quartiles] per class of each statistic.
+
+    Args:
+        phantom_root: a phantom dataset folder (folder layout).
+        busi_root: the ``Dataset_BUSI_with_GT`` folder.
+        size: images are resized to ``size`` square before measuring.
+    """
+    from hermes.data.readers import read_busi, read_folder
+
+    classes = ("benign", "malignant")
+    busi = {
+        c: summarize(v) for c, v in measure_records(read_busi(busi_root, classes), size).items()
+    }
+    phantom = {
+        c: summarize(v)
+        for c, v in measure_records(read_folder(phantom_root, classes), size).items()
+    }
+    n = {c: (busi[c]["area"]["n"], phantom[c]["area"]["n"]) for c in classes}
+    lines = [
+        "| statistic | BUSI benign (n={}) | phantom benign (n={}) | BUSI malignant (n={}) "
+        "| phantom malignant (n={}) |".format(*n["benign"], *n["malignant"]),
+        "|---|---|---|---|---|",
+    ]
+    rows = (
+        *_TABLE_ROWS,
+        ("shadowed", "shadowed (posterior < 0.8)"),
+        ("enhanced", "enhanced (posterior > 1.2)"),
+    )
+    for key, title in rows:
+        cells = [_cell(src[c], key) for c in classes for src in (busi, phantom)]
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
