@@ -41,3 +41,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def large(request: pytest.FixtureRequest) -> bool:
     """Whether ``--hermes-large`` was given."""
     return bool(request.config.getoption("--hermes-large"))
+
+
+_SKIPPED: list[dict[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember every skipped case with its reason, for the JSON (``report.py`` lists them)."""
+    if report.skipped and report.when in ("setup", "call"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _SKIPPED.append({"name": report.nodeid, "reason": reason.removeprefix("Skipped: ")})
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+    output_json["hermes_skipped"] = list(_SKIPPED)

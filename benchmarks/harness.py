@@ -204,7 +204,7 @@ def run_case(
     work: dict[str, float] | None = None,
     budget_s: float = 1.0,
     max_rounds: int = 50,
-) -> None:
+) -> float:
     """Warm ``fn`` up, measure its peak memory, time it, and fill ``benchmark.extra_info``.
 
     Args:
@@ -217,6 +217,11 @@ def run_case(
         work: ``{"flop": ...}`` and/or ``{"bytes": ...}`` of one call; the rates at the median
             time are stored as ``gflop_per_s`` / ``gb_per_s``.
         budget_s: time to spend on measured rounds (at least 3 rounds, at most ``max_rounds``).
+        max_rounds: at most this many measured rounds (1 for calls of many seconds).
+
+    Returns:
+        The median time of one call in seconds (the calibration call's time when pytest-benchmark
+        is disabled).
     """
 
     def call() -> Any:
@@ -227,13 +232,12 @@ def run_case(
     start = time.perf_counter()
     call()  # warm-up: compilation, autotuning, allocator caches
     first_s = time.perf_counter() - start
-    peak = peak_memory(fn, dev)
     start = time.perf_counter()
-    call()
+    peak = peak_memory(call, dev)  # a second call, measured for memory and timed for calibration
     once_s = max(time.perf_counter() - start, 1e-7)
 
     iterations = max(1, min(1000, int(2e-3 / once_s)))  # amortise the timer for microsecond calls
-    rounds = max(3, min(max_rounds, int(budget_s / (once_s * iterations))))
+    rounds = max(min(3, max_rounds), min(max_rounds, int(budget_s / (once_s * iterations))))
     benchmark.group = group
     benchmark.extra_info.update(extra)
     benchmark.extra_info.update(
@@ -246,6 +250,8 @@ def run_case(
     )
     benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)
 
+    if benchmark.stats is None:  # --benchmark-disable: ran once, nothing measured
+        return once_s
     median = benchmark.stats.stats.median
     for key, value in (work or {}).items():
         benchmark.extra_info[key] = value
@@ -253,6 +259,7 @@ def run_case(
             benchmark.extra_info["gflop_per_s"] = round(value / median / 1e9, 3)
         elif key == "bytes":
             benchmark.extra_info["gb_per_s"] = round(value / median / 1e9, 3)
+    return float(median)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
