@@ -1,0 +1,310 @@
+"""The Hermes method as one ``nn.Module``: labeled + unlabeled batch in, total loss out.
+
+``HermesMethod(model, cfg, comm)`` wraps a :class:`hermes.models.HermesModel`; its forward
+computes every term of METHOD.md "Losses" and returns the total loss and a dict of detached
+tensors to log (the dual-threshold statistics included). A DeepSpeed engine can wrap it: the
+networks are only called through ``model(x, mode=...)``.
+
+Data parallelism (``comm.world_size > 1``). Every term has the value of the global batch on
+every rank (sums and counts are all-reduced; the image-level contrast sees every rank's views
+through ``comm.all_gather``), and its gradient with respect to this rank's tensors is the
+gradient of the global-batch loss with respect to them. Summed over ranks, the per-rank
+gradients are therefore the single-process gradient of the global batch; DeepSpeed (like DDP)
+*averages* gradients over ranks, so the returned loss is the global loss times
+``comm.world_size`` (the logged ``loss/total`` is the unscaled global value). Exceptions, by
+construction of the method: BatchNorm statistics are per rank, and the pixel-level contrast
+samples and contrasts anchors per rank (its value is the mean of the ranks' losses).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hermes.comm import Comm, LocalComm
+from hermes.method.config import MethodConfig
+from hermes.method.contrast import IGNORE, image_contrast, pixel_contrast
+from hermes.method.losses import (
+    consistency_loss,
+    cross_entropy_mean,
+    dice_loss,
+    global_sum,
+    masked_cross_entropy,
+)
+from hermes.method.memory import ClassQueues
+from hermes.method.schedules import consistency_weight, entropy_threshold
+from hermes.ops import DualThresholdOutput, dual_threshold
+
+logger = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class _Views:
+    """One branch's outputs for the weak and the strong unlabeled view."""
+
+    weak: Any
+    strong: Any
+
+
+def _split(out: Any, b: int) -> _Views:
+    """Split a dataclass of batched tensors (weak rows first) into its two views."""
+    fields = vars(out)
+    weak = type(out)(**{k: _take(v, slice(0, b)) for k, v in fields.items()})
+    strong = type(out)(**{k: _take(v, slice(b, None)) for k, v in fields.items()})
+    return _Views(weak, strong)
+
+
+def _take(value: Any, rows: slice) -> Any:
+    if isinstance(value, Tensor):
+        return value[rows]
+    if isinstance(value, (list, tuple)):
+        return [v[rows] for v in value]
+    return value
+
+
+class HermesMethod(nn.Module):
+    """The method around a two-branch model.
+
+    Args:
+        model: a :class:`hermes.models.HermesModel` (``model.cfg`` gives the class counts,
+            ``attention`` and ``saliency``).
+        cfg: the :class:`MethodConfig`.
+        comm: collectives for data parallelism; :class:`hermes.comm.LocalComm` by default.
+        backend: forced backend of the fused ops (``None``: automatic dispatch).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: MethodConfig | None = None,
+        comm: Comm | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg if cfg is not None else MethodConfig()
+        self.comm: Comm = comm if comm is not None else LocalComm()
+        self.backend = backend
+        mcfg = model.cfg
+        self.num_classes: int = mcfg.num_classes
+        self.seg_classes: int = mcfg.seg_classes
+        memory = self.cfg.memory
+        self.image_bank = (
+            ClassQueues(self.num_classes, memory.size, mcfg.proj_dim) if memory.image else None
+        )
+        self.pixel_bank = (
+            ClassQueues(self.seg_classes, memory.size, mcfg.embed_dim) if memory.pixel else None
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        labeled: Batch,
+        unlabeled: Batch | None = None,
+        step: int = 0,
+        total_steps: int = 1,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One training step's loss.
+
+        Args:
+            labeled: ``{"image": (B, 3, H, W), "mask": (B, H, W) int64, "label": (B,) int64}``.
+            unlabeled: ``{"weak": (B', 3, H, W), "strong": (B', 3, H, W)}`` (optionally the true
+                ``"mask"``/``"label"``, used for monitoring only); ignored in supervised mode.
+            step, total_steps: the iteration ``t`` and the schedule length ``T``.
+
+        Returns:
+            ``(loss, logs)``: the total loss to call ``backward`` on (times
+            ``comm.world_size``, see the module docstring) and a dict of detached tensors
+            (0-dim; schedule values on the CPU).
+        """
+        cfg, w, comm = self.cfg, self.cfg.weights, self.comm
+        logs: dict[str, Tensor] = {}
+        x, mask, y = labeled["image"], labeled["mask"].long(), labeled["label"].long()
+
+        # Labeled pass: attention in (IAS), as the public code.
+        sal = self.model(x, mode="saliency")
+        seg_l = self.model(x, mode="seg", saliency=sal)
+        cls_l = self.model(x, mode="cls", seg_features=self._attention_features(seg_l))
+        ce_l = cross_entropy_mean(cls_l.logits, y, comm)
+        seg_ce = cross_entropy_mean(seg_l.logits, mask, comm)
+        seg_dice = dice_loss(seg_l.logits, mask, comm=comm)
+        seg_sup = w.seg_ce * seg_ce + w.seg_dice * seg_dice
+
+        eta_cls = entropy_threshold(step, total_steps, self.num_classes, cfg.eta_start)
+        eta_seg = entropy_threshold(step, total_steps, self.seg_classes, cfg.eta_start)
+        with torch.no_grad():
+            self._log_truth(logs, "cls", self._pseudo_label(cls_l.logits, eta_cls), y, "labeled")
+            self._log_truth(logs, "seg", self._pseudo_label(seg_l.logits, eta_seg), mask, "labeled")
+
+        zero = ce_l.new_zeros(())
+        ce_u = dice_u = contrast_img = contrast_pix = itc = zero
+        lam = 0.0
+        if cfg.mode == "hermes" and unlabeled is not None:
+            cls_u, seg_u = self._unlabeled_forward(unlabeled["weak"], unlabeled["strong"])
+            pl_cls = self._pseudo_label(cls_u.weak.logits, eta_cls)
+            pl_seg = self._pseudo_label(seg_u.weak.logits, eta_seg)
+            self._log_pseudo(logs, "cls", pl_cls)
+            self._log_pseudo(logs, "seg", pl_seg)
+            if cfg.unlabeled_truth_stats:
+                with torch.no_grad():
+                    if "label" in unlabeled:
+                        self._log_truth(logs, "cls", pl_cls, unlabeled["label"].long(), "unlabeled")
+                    if "mask" in unlabeled:
+                        self._log_truth(logs, "seg", pl_seg, unlabeled["mask"].long(), "unlabeled")
+
+            if w.ce_u > 0:
+                ce_u = masked_cross_entropy(cls_u.strong.logits, pl_cls.labels, pl_cls.reliable, comm)
+            if w.dice_u > 0:
+                dice_u = w.dice_u_scale * dice_loss(
+                    seg_u.strong.logits, pl_seg.labels, weight=pl_seg.reliable, comm=comm
+                )
+            if step >= cfg.warmup_steps and w.contrast_img > 0:
+                contrast_img = image_contrast(
+                    cls_u.strong.projection,
+                    cls_u.weak.projection,
+                    pl_cls.labels,
+                    pl_cls.reliable,
+                    temperature=cfg.temperature,
+                    base_temperature=cfg.base_temperature,
+                    comm=comm,
+                    bank=self.image_bank,
+                    backend=self.backend,
+                )
+            if step >= cfg.warmup_steps and w.contrast_pix > 0:
+                contrast_pix = self._pixel_contrast(seg_u, pl_seg)
+            if w.itc > 0:
+                z_cls = cls_u.strong.consistency
+                if cfg.detach_junctions:
+                    z_cls = z_cls.detach()
+                itc = consistency_loss(z_cls, seg_u.strong.consistency, comm)
+                lam = consistency_weight(step, cfg.itc_every, cfg.itc_length)
+            if self.image_bank is not None:
+                self._enqueue(self.image_bank, cls_u.weak.projection, pl_cls.labels, pl_cls.reliable)
+
+        loss_cls = w.cls_total * (ce_l + w.ce_u * ce_u + w.contrast_img * contrast_img)
+        loss_seg = w.seg_total * (seg_sup + w.dice_u * dice_u + w.contrast_pix * contrast_pix)
+        loss_seg = loss_seg + w.itc * lam * itc
+        total = loss_cls + loss_seg
+
+        terms = {
+            "total": total, "cls": loss_cls, "seg": loss_seg, "ce_l": ce_l, "seg_sup": seg_sup,
+            "seg_ce": seg_ce, "seg_dice": seg_dice, "ce_u": ce_u, "dice_u": dice_u,
+            "contrast_img": contrast_img, "contrast_pix": contrast_pix, "itc": itc,
+        }  # fmt: skip
+        for name, value in terms.items():
+            logs[f"loss/{name}"] = value.detach()
+        logs["schedule/eta_cls"] = torch.tensor(eta_cls)
+        logs["schedule/eta_seg"] = torch.tensor(eta_seg)
+        logs["schedule/lambda"] = torch.tensor(lam)
+        return total * comm.world_size, logs
+
+    # ------------------------------------------------------------------ parts
+    def _attention_features(self, seg: Any) -> list[Tensor] | None:
+        return seg.features if self.model.cfg.attention and seg.features else None
+
+    def _unlabeled_forward(self, weak: Tensor, strong: Tensor) -> tuple[_Views, _Views]:
+        """Both branches on both views (no attention on unlabeled passes, as the public code)."""
+        if self.cfg.concat_views:
+            b = weak.shape[0]
+            xu = torch.cat([weak, strong], dim=0)
+            sal = self.model(xu, mode="saliency")
+            seg = self.model(xu, mode="seg", saliency=sal)
+            cls = self.model(xu, mode="cls", seg_features=None)
+            return _split(cls, b), _split(seg, b)
+        outs = []
+        for xv in (weak, strong):
+            sal = self.model(xv, mode="saliency")
+            outs.append(
+                (self.model(xv, mode="cls", seg_features=None), self.model(xv, mode="seg", saliency=sal))
+            )
+        return _Views(outs[0][0], outs[1][0]), _Views(outs[0][1], outs[1][1])
+
+    def _pseudo_label(self, logits: Tensor, eta: float) -> DualThresholdOutput:
+        """Dual threshold (or the fixed-threshold ablation) on detached logits; thresholds from
+        the global batch's histogram."""
+        hook = self.comm.all_reduce_sum if self.comm.world_size > 1 else None
+        if self.cfg.pseudo_labels == "fixed":
+            t = self.cfg.fixed_threshold
+            return dual_threshold(
+                logits.detach(), eta=math.inf, tau_max=t, tau_min=t, backend=self.backend,
+                histogram_hook=hook,
+            )  # fmt: skip
+        return dual_threshold(
+            logits.detach(), eta=eta, tau_max=self.cfg.tau_max, tau_min=self.cfg.tau_min,
+            backend=self.backend, histogram_hook=hook,
+        )  # fmt: skip
+
+    def _pixel_contrast(self, seg_u: _Views, pl: DualThresholdOutput) -> Tensor:
+        cfg = self.cfg
+        embedding = (seg_u.strong.embedding + seg_u.weak.embedding) / 2
+        labels = torch.where(pl.reliable, pl.labels, torch.full_like(pl.labels, IGNORE))
+        predictions = seg_u.strong.logits.detach().argmax(dim=1)
+        loss, anchors, anchor_labels = pixel_contrast(
+            embedding,
+            labels,
+            predictions,
+            max_samples=cfg.max_samples,
+            max_views=cfg.max_views,
+            num_classes=self.seg_classes,
+            temperature=cfg.temperature,
+            base_temperature=cfg.base_temperature,
+            bank=self.pixel_bank,
+            backend=self.backend,
+        )
+        if self.pixel_bank is not None and anchors.shape[0] > 0:
+            self._enqueue(self.pixel_bank, anchors, anchor_labels, None)
+        # Per-rank anchors: the global value is the mean of the ranks' losses.
+        return global_sum(loss, self.comm) / self.comm.world_size
+
+    def _enqueue(self, bank: ClassQueues, feats: Tensor, labels: Tensor, keep: Tensor | None) -> None:
+        """Enqueue every rank's features, so that the queues stay identical on every rank."""
+        feats, labels = feats.detach(), labels.detach()
+        if keep is None:
+            keep = torch.ones_like(labels, dtype=torch.bool)
+        if self.comm.world_size > 1:
+            feats = self.comm.all_gather(feats)
+            labels = self.comm.all_gather(labels)
+            keep = self.comm.all_gather(keep.to(torch.uint8)).bool()
+        bank.enqueue(feats, labels, keep)
+
+    # ------------------------------------------------------------------ logging
+    def _log_pseudo(self, logs: dict[str, Tensor], task: str, out: DualThresholdOutput) -> None:
+        """Thresholds, histogram fractions, kept fractions per class, mean confidence/entropy."""
+        s = out.stats
+        hist = s.histogram.float()
+        frac = hist / hist.sum().clamp(min=1)
+        per_class = {
+            "threshold": out.thresholds, "label_fraction": frac, "kept_confident": s.kept_confident,
+            "kept_certain": s.kept_certain, "kept_reliable": s.kept_reliable,
+        }  # fmt: skip
+        for name, values in per_class.items():
+            for c, v in enumerate(values.detach().unbind(0)):
+                logs[f"pseudo_{task}/{name}_{c}"] = v
+        logs[f"pseudo_{task}/kept"] = (s.kept_reliable * frac).sum().detach()
+        logs[f"pseudo_{task}/mean_confidence"] = s.mean_confidence.detach()
+        logs[f"pseudo_{task}/mean_entropy"] = s.mean_entropy.detach()
+
+    def _log_truth(
+        self, logs: dict[str, Tensor], task: str, out: DualThresholdOutput, truth: Tensor, where: str
+    ) -> None:
+        """Pseudo-label accuracy of the kept and the dropped entries against known truth."""
+        valid = torch.isfinite(out.confidence)
+        correct = out.labels == truth
+        kept = out.reliable & valid
+        dropped = ~out.reliable & valid
+        sums = torch.stack([
+            (correct & kept).sum(), kept.sum(), (correct & dropped).sum(), dropped.sum(), valid.sum()
+        ]).float()  # fmt: skip
+        if self.comm.world_size > 1:
+            sums = self.comm.all_reduce_sum(sums)
+        nan = torch.full_like(sums[0], math.nan)
+        logs[f"pseudo_{task}/acc_kept_{where}"] = torch.where(sums[1] > 0, sums[0] / sums[1], nan)
+        logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(sums[3] > 0, sums[2] / sums[3], nan)
+        logs[f"pseudo_{task}/kept_{where}"] = sums[1] / sums[4].clamp(min=1)

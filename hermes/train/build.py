@@ -1,0 +1,122 @@
+"""Everything a training run is made of, built from a :class:`TrainConfig`.
+
+``build_everything(cfg)`` is shared by the single-process trainer and the distributed one
+(``hermes.train.distributed``): it returns the data, the networks, the method module, the two
+optimisers and their poly schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from hermes.comm import Comm
+from hermes.data import Data, build_data
+from hermes.method import HermesMethod, poly_factor
+from hermes.models import HermesModel, build_model
+from hermes.train.config import OptimConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Components:
+    """What :func:`build_everything` returns.
+
+    ``optimizers`` is ``[SGD over model.cls, Adam over model.seg]`` and ``schedulers`` their
+    poly schedules, in the same order.
+    """
+
+    cfg: TrainConfig
+    data: Data
+    model: HermesModel
+    method: HermesMethod
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[LambdaLR]
+    device: torch.device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), numpy and ``random``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def apply_backend(backend: str) -> None:
+    """Select the fused ops' backend for all three ops (``auto``: automatic dispatch)."""
+    if backend == "auto":
+        os.environ.pop("HERMES_BACKEND", None)
+    else:
+        os.environ["HERMES_BACKEND"] = backend
+
+
+def build_optimizers(
+    model: HermesModel, cfg: OptimConfig
+) -> tuple[list[torch.optim.Optimizer], list[LambdaLR]]:
+    """The paper's optimisers: SGD on the classification branch, Adam on the segmentation
+    branch, each with the poly schedule ``(1 - t / steps)^poly_power``."""
+    sgd = torch.optim.SGD(
+        model.cls.parameters(),
+        lr=cfg.cls_lr,
+        momentum=cfg.cls_momentum,
+        weight_decay=cfg.cls_weight_decay,
+    )
+    adam = torch.optim.Adam(model.seg.parameters(), lr=cfg.seg_lr, weight_decay=cfg.seg_weight_decay)
+
+    def poly(step: int) -> float:
+        return poly_factor(step, cfg.steps, cfg.poly_power)
+
+    optimizers: list[torch.optim.Optimizer] = [sgd, adam]
+    return optimizers, [LambdaLR(o, poly) for o in optimizers]
+
+
+def build_everything(
+    cfg: TrainConfig, comm: Comm | None = None, device: torch.device | None = None
+) -> Components:
+    """Data, networks (on ``device``), method, optimisers and schedules of ``cfg``.
+
+    Seeds every RNG with ``cfg.seed`` first, so the initial weights depend on the seed only.
+    ``cfg.model.num_classes`` must match the data's classes.
+    """
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    apply_backend(cfg.backend)
+    device = device if device is not None else resolve_device(cfg.device)
+    data = build_data(cfg.data)
+    if data.num_classes != cfg.model.num_classes:
+        raise ValueError(
+            f"model.num_classes: the data has {data.num_classes} classes {data.classes}, "
+            f"got {cfg.model.num_classes}"
+        )
+    method_cfg = cfg.method
+    if cfg.warmup_epochs is not None:
+        steps = int(round(cfg.warmup_epochs * len(data.labeled)))
+        method_cfg = replace(method_cfg, warmup_steps=steps)
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    backend = None if cfg.backend == "auto" else cfg.backend
+    method = HermesMethod(model, method_cfg, comm=comm, backend=backend).to(device)
+    optimizers, schedulers = build_optimizers(model, cfg.optim)
+    n_cls = sum(p.numel() for p in model.cls.parameters())
+    n_seg = sum(p.numel() for p in model.seg.parameters())
+    logger.info(
+        "model: %.2fM parameters (cls %.2fM, seg %.2fM) on %s", (n_cls + n_seg) / 1e6, n_cls / 1e6,
+        n_seg / 1e6, device,
+    )  # fmt: skip
+    return Components(cfg, data, model, method, optimizers, schedulers, device)
