@@ -133,18 +133,14 @@ def load_masks(paths: Sequence[str | Path], image_path: str | Path | None = None
     """
     if not paths:
         raise ValueError(f"no mask file given for image {image_path}")
-    combined: torch.Tensor | None = None
     first = Path(paths[0])
-    for p in paths:
+    combined = load_mask(first)
+    for p in paths[1:]:
         m = load_mask(p)
-        if combined is None:
-            combined = m
-        elif m.shape != combined.shape:
+        if m.shape != combined.shape:
             raise ValueError(
                 f"mask {p} has size {tuple(m.shape)} (H, W) but mask {first} of the same image "
                 f"has size {tuple(combined.shape)}"
             )
-        else:
-            combined = combined | m
-    assert combined is not None
+        combined = combined | m
     return combined
