@@ -1,0 +1,190 @@
+"""Typed configuration of the two-branch Hermes network.
+
+Two presets fill every field left at ``None``:
+
+- ``paper``: segmentation encoder ``res2net101d`` (Res2Net-101 v1b 26w4s) with a U-Net decoder of
+  widths (256, 128, 64, 32, 16); classification encoder ResNet-18 at full width; 224 px.
+- ``small``: segmentation encoder ResNet-18 at half width with a decoder of widths
+  (64, 32, 16, 16, 16); classification ResNet-18 at half width (32, 64, 128, 256); 128 px.
+  Same structure, sized to train on a CPU in minutes.
+
+Fields given explicitly override the preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "seg_encoder": "res2net101d",
+        "seg_widths": None,
+        "seg_stem_width": None,
+        "decoder_channels": (256, 128, 64, 32, 16),
+        "cls_encoder": "resnet18",
+        "cls_widths": (64, 128, 256, 512),
+        "cls_stem_width": 64,
+        "image_size": 224,
+    },
+    "small": {
+        "seg_encoder": "resnet18",
+        "seg_widths": (32, 64, 128, 256),
+        "seg_stem_width": 32,
+        "decoder_channels": (64, 32, 16, 16, 16),
+        "cls_encoder": "resnet18",
+        "cls_widths": (32, 64, 128, 256),
+        "cls_stem_width": 32,
+        "image_size": 128,
+    },
+}
+
+ATTENTION_SOURCES = ("decoder", "encoder")
+
+
+@dataclass
+class ModelConfig:
+    """Configuration of :class:`hermes.models.HermesModel`.
+
+    Args:
+        preset: ``"small"`` or ``"paper"``; fills the fields left at ``None``.
+        num_classes: classification classes, 2 (benign/malignant) or 3 (with normal).
+        seg_classes: segmentation classes (2: background, lesion).
+        attention: inter-task attention of segmentation features into classification.
+        saliency: input-gradient saliency of the classification branch fed to the decoder.
+        detach_seg_features: stop the classification loss' gradient at the segmentation
+            features entering the attention (METHOD.md "Decision").
+        pretrained_cls: a local timm/torchvision ResNet state dict for the classification
+            encoder, or ``None`` (random initialisation). Nothing is downloaded.
+        pretrained_seg: a local timm state dict for the segmentation encoder, or ``None``.
+        seg_encoder: timm model name of the segmentation encoder (``features_only``).
+        seg_widths: stage widths passed to timm as ``channels`` (ResNet family), ``None``: timm's.
+        seg_stem_width: stem width passed to timm as ``stem_width``, ``None``: timm's.
+        decoder_channels: widths of the five decoder blocks (1/16, 1/8, 1/4, 1/2, 1/1).
+        decoder_dropout: dropout between the two convolutions of each decoder block.
+        cls_encoder: timm ResNet-family name of the classification encoder.
+        cls_widths: the four stage widths of the classification encoder.
+        cls_stem_width: its stem width.
+        embed_dim: pixel embedding width (ContrastiveSeg projection head).
+        proj_hidden, proj_dim: classification projection head widths.
+        consistency_dim: width of both branches' consistency embeddings.
+        attention_reduction: channel-gate reduction ratio of the IAS modules.
+        attention_source: which segmentation features feed the attention: the ``decoder``
+            block outputs or the ``encoder`` stages at 1/2, 1/4, 1/8, 1/16.
+        image_size: the input size the preset is meant for (informational; the network takes
+            any H, W divisible by 32).
+        backend: forced backend of the fused ops (``None``: automatic dispatch).
+    """
+
+    preset: str = "small"
+    num_classes: int = 2
+    seg_classes: int = 2
+    attention: bool = True
+    saliency: bool = True
+    detach_seg_features: bool = True
+    pretrained_cls: str | None = None
+    pretrained_seg: str | None = None
+    seg_encoder: str | None = None
+    seg_widths: tuple[int, ...] | None = None
+    seg_stem_width: int | None = None
+    decoder_channels: tuple[int, ...] | None = None
+    decoder_dropout: float = 0.25
+    cls_encoder: str | None = None
+    cls_widths: tuple[int, ...] | None = None
+    cls_stem_width: int | None = None
+    embed_dim: int = 256
+    proj_hidden: int = 256
+    proj_dim: int = 128
+    consistency_dim: int = 256
+    attention_reduction: int = 4
+    attention_source: str = "decoder"
+    image_size: int | None = None
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(
+                f"ModelConfig.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
+            )
+        # Presets fill what was not given. seg_widths/seg_stem_width may legitimately be None
+        # (timm's own widths), so they follow the preset only with the encoder it names.
+        preset = PRESETS[self.preset]
+        own_seg_encoder = self.seg_encoder is not None and self.seg_encoder != preset["seg_encoder"]
+        for name, value in preset.items():
+            if name in ("seg_widths", "seg_stem_width") and own_seg_encoder:
+                continue
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        for name in ("seg_widths", "decoder_channels", "cls_widths"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))  # YAML gives lists
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.num_classes not in (2, 3):
+            raise ValueError(f"ModelConfig.num_classes must be 2 or 3, got {self.num_classes!r}")
+        if not isinstance(self.seg_classes, int) or self.seg_classes < 2:
+            raise ValueError(
+                f"ModelConfig.seg_classes must be an int >= 2, got {self.seg_classes!r}"
+            )
+        for name in ("attention", "saliency", "detach_seg_features"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        _check_widths("seg_widths", self.seg_widths, 4, allow_none=True)
+        _check_widths("decoder_channels", self.decoder_channels, 5)
+        _check_widths("cls_widths", self.cls_widths, 4)
+        for name in (
+            "cls_stem_width",
+            "embed_dim",
+            "proj_hidden",
+            "proj_dim",
+            "consistency_dim",
+            "attention_reduction",
+            "image_size",
+        ):
+            _check_positive_int(name, getattr(self, name))
+        if self.seg_stem_width is not None:
+            _check_positive_int("seg_stem_width", self.seg_stem_width)
+        if self.image_size % 32 != 0:
+            raise ValueError(
+                f"ModelConfig.image_size must be divisible by 32, got {self.image_size}"
+            )
+        if not 0.0 <= self.decoder_dropout < 1.0:
+            raise ValueError(
+                f"ModelConfig.decoder_dropout must be in [0, 1), got {self.decoder_dropout!r}"
+            )
+        if self.attention_source not in ATTENTION_SOURCES:
+            raise ValueError(
+                f"ModelConfig.attention_source must be one of {ATTENTION_SOURCES}, "
+                f"got {self.attention_source!r}"
+            )
+        for name in ("pretrained_cls", "pretrained_seg", "seg_encoder", "cls_encoder", "backend"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"ModelConfig.{name} must be a string or None, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """Build from a mapping (e.g. a YAML section), rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"ModelConfig.{name} must be a positive int, got {value!r}")
+
+
+def _check_widths(name: str, value: Any, length: int, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if (
+        not isinstance(value, tuple)
+        or len(value) != length
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise ValueError(f"ModelConfig.{name} must be {length} positive ints, got {value!r}")
