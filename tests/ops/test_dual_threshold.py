@@ -126,3 +126,35 @@ def test_no_host_sync(require_backend, backend):
         dual_threshold(logits, eta=eta, valid=valid, backend=backend)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_triton_custom_ops_trace_under_compile(require_backend):
+    """opcheck on both passes, and the public op (hook included) under
+    ``torch.compile(fullgraph=True)``: no graph break, same output as eager.
+
+    The dispatcher imports backend modules on first use, which Dynamo does not trace, so the
+    backends are loaded before compiling (as a trainer does by running eagerly first).
+    """
+    from hermes.ops import dispatch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # Finite logits: opcheck compares outputs without equal_nan.
+    logits, valid = _inputs((2, 3, 4, 5), torch.float32, device, seed=4, nonfinite=False)
+    require_backend("dual_threshold", "triton", _dispatch_inputs(logits, valid))
+    dispatch.load_backends()
+    x, v = logits.reshape(2, 3, 20), valid.reshape(2, 20)
+    torch.library.opcheck(torch.ops.hermes.triton_dual_threshold_pass1.default, (x, v))
+    labels, conf, ent, hist = torch.ops.hermes.triton_dual_threshold_pass1(x, v)
+    thr = torch.full((3,), 0.7, device=device)
+    eta = torch.full((1,), 0.8, device=device)
+    torch.library.opcheck(
+        torch.ops.hermes.triton_dual_threshold_pass2.default, (labels, conf, ent, v, thr, eta)
+    )
+
+    def run(lg):
+        out = dual_threshold(lg, eta=0.8, valid=valid, backend="triton", histogram_hook=lambda h: h * 2)
+        return out.labels, out.reliable, out.thresholds, out.stats.kept_reliable
+
+    compiled = torch.compile(run, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager")
+    for got, want in zip(compiled(logits), run(logits), strict=True):
+        torch.testing.assert_close(got, want)

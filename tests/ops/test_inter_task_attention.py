@@ -93,3 +93,28 @@ def test_module_matches_torch_backend(fast_backend, require_backend, check):
     check(results[name][0], results["torch"][0], None, torch.float32, "forward", "module output")
     for k, want in results["torch"][1].items():
         check(results[name][1][k], want, None, torch.float32, "grad", f"grad {k}")
+
+
+def test_triton_custom_ops_trace_under_compile(require_backend):
+    """opcheck on the forward op (autograd included), and the public op under
+    ``torch.compile(fullgraph=True)`` with its backward: same values as eager."""
+    from hermes.ops import dispatch
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    inputs, grad = _inputs((1, 3, 4, 5, 3), seed=5)
+    inputs = [t.to(device).requires_grad_() for t in inputs]
+    require_backend("inter_task_attention", "triton", dict(zip(NAMES, inputs, strict=True)))
+    dispatch.load_backends()
+    torch.library.opcheck(torch.ops.hermes.triton_ias_fwd.default, tuple(inputs))
+
+    def run(*t):
+        return inter_task_attention(*t, backend="triton")
+
+    compiled = torch.compile(run, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager")
+    y = compiled(*inputs)
+    grads = torch.autograd.grad((y * grad.to(device)).sum(), inputs)
+    y_eager = run(*inputs)
+    grads_eager = torch.autograd.grad((y_eager * grad.to(device)).sum(), inputs)
+    torch.testing.assert_close(y, y_eager)
+    for got, want in zip(grads, grads_eager, strict=True):
+        torch.testing.assert_close(got, want)
