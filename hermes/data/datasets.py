@@ -57,13 +57,14 @@ class _RecordDataset(Dataset):
 
     def _sample(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
         record = self.records[index]
-        if index in self._cache:
-            image16, mask8 = self._cache[index]
-            image, mask = image16.float(), mask8.long()
-        else:
+        cached = self._cache.get(index)
+        if cached is None:
             image, mask = load_sample(record, self.image_size)
+            # stored as float16 / uint8 (whether cached or not, so results do not depend on it)
+            cached = (image.half(), mask.to(torch.uint8))
             if self.cache:
-                self._cache[index] = (image.half(), mask.to(torch.uint8))
+                self._cache[index] = cached
+        image, mask = cached[0].float(), cached[1].long()
         label = torch.tensor(self.class_index[record.label], dtype=torch.int64)
         return image, mask, label, record.id
 
