@@ -1,0 +1,180 @@
+"""The paper's Tables 1 and 2 from a matrix's results: Markdown, a JSON summary and a figure.
+
+Table 1: lesion Dice (%), Table 2: accuracy (%), rows = variants, columns = label budgets,
+cells ``mean +- std (n)`` over seeds (sample standard deviation, ``ddof=1``). Because every
+variant of a (budget, seed) pair shares a split, the gain of each variant over supervised-only
+is also given as the mean +- std of the per-seed paired differences.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from hermes.experiments.runner import Matrix, RunSpec
+from hermes.experiments.variants import Variant
+
+METRICS = (("dice_lesion", "Table 1: lesion Dice (%)"), ("accuracy", "Table 2: accuracy (%)"))
+PSEUDO_KEYS = (
+    ("pseudo_cls/kept_unlabeled", "cls kept"),
+    ("pseudo_cls/acc_kept_unlabeled", "cls acc kept"),
+    ("pseudo_cls/acc_dropped_unlabeled", "cls acc dropped"),
+    ("pseudo_seg/kept_unlabeled", "seg kept"),
+    ("pseudo_seg/acc_kept_unlabeled", "seg acc kept"),
+    ("pseudo_seg/acc_dropped_unlabeled", "seg acc dropped"),
+)
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation (NaN for fewer than two values) and count of the finite
+    ``values``."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan, 0
+    std = statistics.stdev(finite) if len(finite) > 1 else math.nan
+    return statistics.fmean(finite), std, len(finite)
+
+
+def _cell(values: list[float], scale: float = 100.0, signed: bool = False) -> str:
+    mean, std, n = mean_std(values)
+    if n == 0:
+        return "-"
+    sign = "+" if signed else ""
+    text = f"{mean * scale:{sign}.2f}"
+    if n > 1:
+        text += f" ± {std * scale:.2f}"
+    return f"{text} ({n})"
+
+
+def collect(
+    matrix: Matrix, results: dict[RunSpec, dict[str, Any]]
+) -> dict[str, dict[int, dict[int, dict[str, Any]]]]:
+    """``results`` as ``{variant: {budget: {seed: result}}}`` (missing runs left out)."""
+    table: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
+    for spec, result in results.items():
+        table.setdefault(spec.variant.name, {}).setdefault(spec.budget, {})[spec.seed] = result
+    return table
+
+
+def _metric(table: dict, variant: str, budget: int, metric: str) -> dict[int, float]:
+    runs = table.get(variant, {}).get(budget, {})
+    return {seed: float(r["metrics"].get(metric, math.nan)) for seed, r in runs.items()}
+
+
+def summarize(matrix: Matrix, results: dict[RunSpec, dict[str, Any]]) -> dict[str, Any]:
+    """Means, stds and per-seed values of both metrics, and paired gains over supervised-only.
+
+    Returns ``{metric: {variant: {budget: {"values": {seed: v}, "mean", "std", "n",
+    "gain_vs_supervised": {"mean", "std", "n", "values"}}}}}``.
+    """
+    table = collect(matrix, results)
+    out: dict[str, Any] = {}
+    for metric, _title in METRICS:
+        out[metric] = {}
+        for v in matrix.variants:
+            out[metric][v.name] = {}
+            for b in matrix.budgets:
+                values = _metric(table, v.name, b, metric)
+                mean, std, n = mean_std(list(values.values()))
+                entry: dict[str, Any] = {"values": values, "mean": mean, "std": std, "n": n}
+                base = _metric(table, "supervised", b, metric)
+                diffs = {s: values[s] - base[s] for s in values if s in base}
+                if v.name != "supervised" and diffs:
+                    g_mean, g_std, g_n = mean_std(list(diffs.values()))
+                    entry["gain_vs_supervised"] = {"values": diffs, "mean": g_mean, "std": g_std,
+                                                   "n": g_n}  # fmt: skip
+                out[metric][v.name][b] = entry
+    return out
+
+
+def _row(label: str, cells: list[str]) -> str:
+    return "| " + " | ".join([label, *cells]) + " |"
+
+
+def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str = "") -> str:
+    """The tables as Markdown: per metric, the values and the paired gains over supervised-only,
+    then the pseudo-label statistics at the end of training and the run times."""
+    table = collect(matrix, results)
+    head = [f"{b} labeled" for b in matrix.budgets]
+    sep = "|" + "---|" * (len(head) + 1)
+    lines = [f"# {title}" if title else "# Results", ""]
+    lines.append(
+        "Cells: mean ± sample std over seeds (number of seeds), in %. Gains are the mean ± std of "
+        "the per-seed paired differences (same split, same seed) against supervised-only."
+    )
+    for metric, caption in METRICS:
+        lines += ["", f"## {caption}", "", _row("method", head), sep]
+        for v in matrix.variants:
+            cells = [_cell(list(_metric(table, v.name, b, metric).values())) for b in matrix.budgets]
+            lines.append(_row(v.label, cells))
+        if any(v.name == "supervised" for v in matrix.variants):
+            lines += ["", f"Gain over supervised-only ({caption.split(': ')[1]}, paired by seed):",
+                      "", _row("method", head), sep]  # fmt: skip
+            for v in matrix.variants:
+                if v.name == "supervised":
+                    continue
+                cells = []
+                for b in matrix.budgets:
+                    values = _metric(table, v.name, b, metric)
+                    base = _metric(table, "supervised", b, metric)
+                    cells.append(_cell([values[s] - base[s] for s in values if s in base], signed=True))
+                lines.append(_row(v.label, cells))
+    lines += ["", "## Pseudo-labels at the end of training (last quarter of the steps, unlabeled "
+              "stream, measured against its hidden truth; mean over seeds, %)", ""]  # fmt: skip
+    phead = [f"{label} ({b})" for b in matrix.budgets for _, label in PSEUDO_KEYS]
+    lines += [_row("method", phead), "|" + "---|" * (len(phead) + 1)]
+    for v in matrix.variants:
+        if v.name == "supervised":
+            continue
+        cells = []
+        for b in matrix.budgets:
+            runs = table.get(v.name, {}).get(b, {})
+            for key, _ in PSEUDO_KEYS:
+                vals = [float(r.get("end_of_training", {}).get(key, math.nan)) for r in runs.values()]
+                mean, _, n = mean_std(vals)
+                cells.append(f"{mean * 100:.1f}" if n else "-")
+        lines.append(_row(v.label, cells))
+    seconds = [r.get("seconds", math.nan) for r in results.values()]
+    mean, _, n = mean_std(seconds)
+    if n:
+        lines += ["", f"{n} runs, {mean:.0f} s per run on average ({sum(seconds) / 60:.1f} min in all)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Grouped bars (mean ± std over seeds) per budget and variant, one panel per metric, with
+    each seed's value as a dot. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = collect(matrix, results)
+    variants: list[Variant] = matrix.variants
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(6 * len(METRICS), 4.2), squeeze=False)
+    width = 0.8 / len(variants)
+    colors = plt.get_cmap("tab10")
+    for ax, (metric, caption) in zip(axes[0], METRICS, strict=True):
+        for i, v in enumerate(variants):
+            for j, b in enumerate(matrix.budgets):
+                vals = [x * 100 for x in _metric(table, v.name, b, metric).values() if math.isfinite(x)]
+                if not vals:
+                    continue
+                mean, std, _ = mean_std(vals)
+                x = j + (i - (len(variants) - 1) / 2) * width
+                ax.bar(x, mean, width, yerr=std if math.isfinite(std) else None, capsize=2,
+                       color=colors(i), label=v.name if j == 0 else None)  # fmt: skip
+                ax.scatter([x] * len(vals), vals, s=8, color="black", zorder=3)
+        ax.set_xticks(range(len(matrix.budgets)), [f"{b} labeled" for b in matrix.budgets])
+        ax.set_title(caption)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

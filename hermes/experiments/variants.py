@@ -1,0 +1,68 @@
+"""The variants of the paper's comparison: supervised-only, Hermes and its ablations.
+
+Each variant is a name, a one-line description and the ``--set`` overrides (``(key, value)``
+pairs of :func:`hermes.train.load_config`) that turn the base configuration into it. Every
+variant trains the same networks with the same schedule on the same split; only the listed
+fields differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the tables.
+
+    Attributes:
+        name: short identifier (folder names, ``--variants``).
+        label: the row title in the tables.
+        overrides: ``(dotted key, value)`` pairs applied on top of the base configuration.
+    """
+
+    name: str
+    label: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in (
+        Variant("supervised", "supervised only", (("method.mode", "supervised"),)),
+        Variant("hermes", "Hermes"),
+        Variant(
+            "fixed_threshold",
+            "Hermes, fixed threshold 0.95 (no dual threshold)",
+            (("method.pseudo_labels", "fixed"), ("method.fixed_threshold", 0.95)),
+        ),
+        Variant(
+            "no_ias",
+            "Hermes without IAS (no attention, no saliency)",
+            (("model.attention", False), ("model.saliency", False)),
+        ),
+        Variant("no_itc", "Hermes without inter-task consistency", (("method.weights.itc", 0.0),)),
+        Variant(
+            "no_contrast",
+            "Hermes without the contrastive terms (image and pixel)",
+            (("method.weights.contrast_img", 0.0), ("method.weights.contrast_pix", 0.0)),
+        ),
+    )
+}
+"""All variants, in table order."""
+
+
+def get_variants(names: list[str] | None) -> list[Variant]:
+    """The variants called ``names`` in table order (``None``: all).
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones).
+    """
+    if names is None:
+        return list(VARIANTS.values())
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"--variants: expected names among {list(VARIANTS)}, got {unknown}")
+    wanted = set(names)
+    return [v for v in VARIANTS.values() if v.name in wanted]
