@@ -150,3 +150,166 @@ dispatch.register(
     "supcon_loss", "cpp", supcon_loss_cpp, _supcon_reasons("cpu"), _supcon_auto_reasons
 )
 dispatch.register("supcon_loss", "cuda", supcon_loss_cpp, _supcon_reasons("cuda"))
+
+
+# --------------------------------------------------------------------------------------------
+# dual_threshold (two ops; the histogram hook runs between them)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("hermes::dual_threshold_pass1")
+def _dual_threshold_pass1_fake(logits, valid):
+    b, c, p = logits.shape
+    f32 = logits.new_empty((b, p), dtype=torch.float32)
+    return (
+        logits.new_empty((b, p), dtype=torch.int64), f32, torch.empty_like(f32),
+        logits.new_empty((b, p), dtype=torch.bool), logits.new_empty((c,), dtype=torch.int64),
+    )
+
+
+@torch.library.register_fake("hermes::dual_threshold_pass2")
+def _dual_threshold_pass2_fake(labels, confidence, entropy, ok, thresholds, eta):
+    c = thresholds.shape[0]
+    return (
+        torch.empty_like(ok), labels.new_empty((3, c)),
+        confidence.new_empty((2,), dtype=torch.float32),
+    )
+
+
+def dual_threshold_cpp(
+    logits: Tensor,
+    *,
+    eta: float | Tensor,
+    tau_max: float = 0.95,
+    tau_min: float = 0.5,
+    valid: Tensor | None = None,
+    histogram_hook: Callable[[Tensor], Tensor] | None = None,
+) -> DualThresholdOutput:
+    """``dual_threshold`` on ``hermes._C`` (same semantics as the reference).
+
+    Shapes: logits (B, C) or (B, C, H, W); valid (B,) or (B, H, W) bool. The histogram hook is
+    called between pass 1 and pass 2; nothing is synchronised with the host on CUDA.
+    """
+    x = logits.detach()
+    b, c = x.shape[:2]
+    out_shape = (b,) + tuple(x.shape[2:])
+    x3 = x.reshape(b, c, -1)
+    v = (
+        valid.reshape(b, -1)
+        if valid is not None
+        else torch.empty(0, dtype=torch.bool, device=x.device)
+    )
+    labels, confidence, entropy, ok, histogram = _OPS.dual_threshold_pass1(x3, v)
+    global_histogram = histogram if histogram_hook is None else histogram_hook(histogram.clone())
+    thresholds = class_thresholds(global_histogram.to(x.device), tau_max, tau_min)
+    eta_t = torch.as_tensor(eta, dtype=torch.float32).to(x.device).reshape(())
+    reliable, kept, sums = _OPS.dual_threshold_pass2(
+        labels, confidence, entropy, ok, thresholds, eta_t
+    )
+    total = histogram.clamp(min=1).float()
+    count = histogram.sum().clamp(min=1).float()
+    stats = DualThresholdStats(
+        histogram=histogram,
+        kept_confident=kept[0].float() / total,
+        kept_certain=kept[1].float() / total,
+        kept_reliable=kept[2].float() / total,
+        mean_confidence=sums[0] / count,
+        mean_entropy=sums[1] / count,
+    )
+    return DualThresholdOutput(
+        labels.reshape(out_shape),
+        confidence.reshape(out_shape),
+        entropy.reshape(out_shape),
+        reliable.reshape(out_shape),
+        thresholds,
+        stats,
+    )
+
+
+def _device_reasons(op: str, device_type: str, tensor: Tensor) -> list[str]:
+    if tensor.device.type != device_type:
+        return [f"needs {device_type} tensors, got {tensor.device.type}"]
+    if not has_kernel(op, device_type):
+        return [f"hermes._C was built without {device_type} kernels"]
+    return []
+
+
+def _dual_threshold_reasons(device_type: str) -> Callable[..., list[str]]:
+    def reasons(logits: Tensor, **_: Any) -> list[str]:
+        return _device_reasons("dual_threshold_pass1", device_type, logits)
+
+    return reasons
+
+
+dispatch.register("dual_threshold", "cpp", dual_threshold_cpp, _dual_threshold_reasons("cpu"))
+dispatch.register("dual_threshold", "cuda", dual_threshold_cpp, _dual_threshold_reasons("cuda"))
+
+
+# --------------------------------------------------------------------------------------------
+# inter_task_attention
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.register_fake("hermes::inter_task_attention_fwd")
+def _ita_fwd_fake(x, gate, weight, bias):
+    b, _, h, w = x.shape
+    return torch.empty_like(x), x.new_empty((b, 2, h, w)), x.new_empty((b, h, w))
+
+
+@torch.library.register_fake("hermes::inter_task_attention_bwd")
+def _ita_bwd_fake(grad_y, x, gate, weight, pooled, attention):
+    return (
+        torch.empty_like(x), torch.empty_like(gate), torch.empty_like(weight),
+        weight.new_empty((1,)),
+    )
+
+
+def _ita_setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, gate, weight, _ = inputs
+    _, pooled, attention = output
+    ctx.save_for_backward(x, gate, weight, pooled, attention)
+
+
+def _ita_backward(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple:
+    x, gate, weight, pooled, attention = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    return _OPS.inter_task_attention_bwd(grad_y.contiguous(), x, gate, weight, pooled, attention)
+
+
+torch.library.register_autograd(
+    "hermes::inter_task_attention_fwd", _ita_backward, setup_context=_ita_setup_context
+)
+
+
+def inter_task_attention_cpp(
+    cls_feature: Tensor, gate: Tensor, spatial_weight: Tensor, spatial_bias: Tensor
+) -> Tensor:
+    """``inter_task_attention`` on ``hermes._C``. Shapes: cls_feature (B, C, H, W), gate (B, C),
+    spatial_weight (1, 2, k, k), spatial_bias (1,). Returns (B, C, H, W) in the feature's dtype
+    (fp16/bf16 computed in fp32 on the CPU)."""
+    dtype = cls_feature.dtype
+    compute = dtype if cls_feature.is_cuda else _compute_dtype(dtype)
+    y, _, _ = _OPS.inter_task_attention_fwd(
+        cls_feature.to(compute), gate.to(compute), spatial_weight.to(compute),
+        spatial_bias.to(compute),
+    )
+    return y.to(dtype)
+
+
+def _ita_reasons(device_type: str) -> Callable[..., list[str]]:
+    def reasons(cls_feature: Tensor, **_: Any) -> list[str]:
+        out = _device_reasons("inter_task_attention_fwd", device_type, cls_feature)
+        if not cls_feature.is_floating_point():
+            out.append(f"needs a floating point feature, got {cls_feature.dtype}")
+        return out
+
+    return reasons
+
+
+dispatch.register(
+    "inter_task_attention", "cpp", inter_task_attention_cpp, _ita_reasons("cpu")
+)
+dispatch.register(
+    "inter_task_attention", "cuda", inter_task_attention_cpp, _ita_reasons("cuda")
+)
