@@ -1,0 +1,174 @@
+"""HermesMethod on a tiny two-branch model and random tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from hermes.method import HermesMethod, LossWeights, MemoryBankConfig, MethodConfig
+from hermes.models import ModelConfig, build_model
+
+S = 32  # smallest size the networks take
+
+
+def tiny_model(num_classes: int = 2, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        preset="small", num_classes=num_classes, cls_widths=(8, 8, 16, 16), cls_stem_width=8,
+        seg_widths=(8, 8, 16, 16), seg_stem_width=8, decoder_channels=(16, 8, 8, 8, 8),
+        embed_dim=16, proj_hidden=16, proj_dim=8, consistency_dim=8, image_size=S, **kw,
+    )  # fmt: skip
+    return build_model(cfg)
+
+
+def batches(num_classes: int = 2, b: int = 4, seed: int = 0) -> tuple[dict, dict]:
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(b, S, S, dtype=torch.long)
+    mask[:, 8:24, 8:24] = 1
+    labeled = {
+        "image": torch.randn(b, 3, S, S, generator=g),
+        "mask": mask,
+        "label": torch.arange(b) % num_classes,
+    }
+    weak = torch.randn(b, 3, S, S, generator=g)
+    unlabeled = {
+        "weak": weak,
+        "strong": weak + 0.1 * torch.randn(b, 3, S, S, generator=g),
+        "mask": mask,
+        "label": torch.arange(b) % num_classes,
+    }
+    return labeled, unlabeled
+
+
+def easy_cfg(**kw) -> MethodConfig:
+    # low thresholds so that pseudo-labels are kept by an untrained model
+    return MethodConfig(tau_max=0.5, tau_min=0.5, eta_start=1.0, max_views=4, max_samples=32, **kw)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_total_is_the_weighted_sum_of_the_terms(num_classes: int) -> None:
+    method = HermesMethod(tiny_model(num_classes), easy_cfg(itc_every=1, itc_length=1))
+    labeled, unlabeled = batches(num_classes)
+    loss, logs = method(labeled, unlabeled, step=3, total_steps=10)
+    t = {k.split("/", 1)[1]: v.item() for k, v in logs.items() if k.startswith("loss/")}
+    w = LossWeights()
+    assert t["seg_sup"] == pytest.approx(0.25 * t["seg_ce"] + 0.25 * t["seg_dice"], rel=1e-5)
+    l_cls = 1.1 * (t["ce_l"] + 0.1 * t["ce_u"] + 0.2 * t["contrast_img"])
+    lam = logs["schedule/lambda"].item()
+    assert lam == 1.0  # rampup(3 // 1, 1)
+    l_seg = 0.5 * (t["seg_sup"] + 0.1 * t["dice_u"] + 0.8 * t["contrast_pix"]) + lam * t["itc"]
+    assert w.cls_total == 1.1 and w.seg_total == 0.5
+    assert loss.item() == pytest.approx(l_cls + l_seg, rel=1e-5)
+    assert t["cls"] == pytest.approx(l_cls, rel=1e-5) and t["seg"] == pytest.approx(l_seg, rel=1e-5)
+    for name in ("ce_u", "dice_u", "contrast_img", "itc"):
+        assert t[name] > 0, name  # every term is active with these thresholds
+    # (the pixel contrast is 0 when the pseudo-labels hold one class only: no negatives;
+    # it is tested on its own in test_contrast.py)
+    assert t["contrast_pix"] >= 0
+    assert all(not v.requires_grad for v in logs.values())
+    assert logs[f"pseudo_cls/threshold_{num_classes - 1}"].item() == pytest.approx(0.5)
+    for key in ("pseudo_cls/acc_kept_labeled", "pseudo_seg/acc_dropped_unlabeled",
+                "pseudo_seg/kept", "pseudo_cls/kept_reliable_0", "pseudo_seg/mean_entropy"):  # fmt: skip
+        assert key in logs
+    loss.backward()
+    assert _grad_norm(method.model.cls.parameters()) > 0 and _grad_norm(method.model.seg.parameters()) > 0
+
+
+def test_supervised_mode_ignores_unlabeled_data() -> None:
+    method = HermesMethod(tiny_model(), MethodConfig(mode="supervised"))
+    labeled, unlabeled = batches()
+    torch.manual_seed(1)  # same dropout draws in both calls
+    loss, logs = method(labeled, unlabeled, step=0, total_steps=10)
+    torch.manual_seed(1)
+    loss2, _ = method(labeled, None, step=0, total_steps=10)
+    expected = 1.1 * logs["loss/ce_l"] + 0.5 * logs["loss/seg_sup"]
+    torch.testing.assert_close(loss.detach(), expected)
+    torch.testing.assert_close(loss.detach(), loss2.detach())
+    assert "pseudo_cls/kept" not in logs  # no unlabeled pseudo-labels in supervised mode
+
+
+def test_warmup_and_switches() -> None:
+    labeled, unlabeled = batches()
+    cfg = easy_cfg(warmup_steps=5)
+    method = HermesMethod(tiny_model(), cfg)
+    _, logs = method(labeled, unlabeled, step=4, total_steps=10)
+    assert logs["loss/contrast_img"].item() == 0 and logs["loss/contrast_pix"].item() == 0
+    _, logs = method(labeled, unlabeled, step=5, total_steps=10)
+    assert logs["loss/contrast_img"].item() > 0
+    off = replace(cfg, weights=LossWeights(ce_u=0.0, dice_u=0.0, contrast_img=0.0, contrast_pix=0.0, itc=0.0))
+    method = HermesMethod(tiny_model(), off)
+    loss, logs = method(labeled, unlabeled, step=5, total_steps=10)
+    for name in ("ce_u", "dice_u", "contrast_img", "contrast_pix", "itc"):
+        assert logs[f"loss/{name}"].item() == 0
+    expected = 1.1 * logs["loss/ce_l"] + 0.5 * logs["loss/seg_sup"]
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+def test_fixed_threshold_mode() -> None:
+    labeled, unlabeled = batches()
+    method = HermesMethod(tiny_model(), MethodConfig(pseudo_labels="fixed", fixed_threshold=0.52))
+    _, logs = method(labeled, unlabeled, step=0, total_steps=10)
+    assert logs["pseudo_cls/threshold_0"].item() == pytest.approx(0.52)
+    assert logs["pseudo_seg/threshold_1"].item() == pytest.approx(0.52)
+    assert logs["pseudo_seg/kept_certain_0"].item() == 1.0  # no entropy threshold
+
+
+def _grad_norm(params) -> float:
+    return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_consistency_gradient_junction(detach: bool) -> None:
+    """With the junctions detached, L_itc sends no gradient into the classification branch."""
+    labeled, unlabeled = batches()
+    only_itc = LossWeights(
+        cls_total=0.0, seg_total=0.0, ce_u=0.0, dice_u=0.0, contrast_img=0.0, contrast_pix=0.0
+    )
+    cfg = easy_cfg(weights=only_itc, detach_junctions=detach, itc_every=1, itc_length=1)
+    method = HermesMethod(tiny_model(), cfg)
+    loss, logs = method(labeled, unlabeled, step=3, total_steps=10)
+    assert loss.item() == pytest.approx(logs["loss/itc"].item(), rel=1e-6)
+    loss.backward()
+    assert _grad_norm(method.model.seg.parameters()) > 0
+    cls_grad = _grad_norm(method.model.cls.parameters())
+    assert (cls_grad == 0) if detach else (cls_grad > 0)
+
+
+def test_memory_bank_is_filled_and_used() -> None:
+    labeled, unlabeled = batches()
+    cfg = easy_cfg(memory=MemoryBankConfig(image=True, pixel=True, size=8))
+    method = HermesMethod(tiny_model(), cfg)
+    _, first = method(labeled, unlabeled, step=0, total_steps=10)
+    assert int(method.image_bank.count.sum()) > 0 and int(method.pixel_bank.count.sum()) > 0
+    _, second = method(labeled, unlabeled, step=0, total_steps=10)
+    # same inputs, same weights; only the bank differs, so the contrasts differ
+    assert second["loss/contrast_img"].item() != pytest.approx(first["loss/contrast_img"].item())
+    assert "image_bank.features" in method.state_dict()
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    labeled, unlabeled = batches()
+    method = HermesMethod(tiny_model(), easy_cfg())
+    opt = torch.optim.Adam(method.parameters(), lr=3e-3)
+    losses = []
+    for step in range(8):
+        opt.zero_grad()
+        loss, _ = method(labeled, unlabeled, step=step, total_steps=8)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert min(losses[-3:]) < losses[0]
+
+
+def test_bad_method_config_names_the_field() -> None:
+    with pytest.raises(ValueError, match="method.tau_min"):
+        MethodConfig(tau_min=0.99, tau_max=0.9)
+    with pytest.raises(ValueError, match="method.mode"):
+        MethodConfig(mode="semi")
+    with pytest.raises(ValueError, match="method.weights.itc"):
+        LossWeights(itc=-1.0)

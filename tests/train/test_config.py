@@ -1,0 +1,64 @@
+"""Configuration: presets, overrides, and bad values rejected with the field's name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hermes.train.config import TrainConfig, load_config, save_config
+
+
+def test_presets_load_and_differ() -> None:
+    default = load_config("default")
+    paper = load_config("paper")
+    assert default.data.dataset == "phantom" and default.model.preset == "small"
+    assert paper.model.preset == "paper" and paper.data.image_size == 224
+    assert paper.optim.steps == 3000 and paper.optim.cls_lr == 1e-4 and paper.optim.seg_lr == 1e-4
+    assert paper.method.memory.image is False and paper.method.memory.pixel is False
+    assert paper.method.max_samples == 1024 and paper.method.max_views == 100
+
+
+def test_overrides_nested_and_typed(tmp_path: Path) -> None:
+    cfg = load_config(
+        "default",
+        ["optim.steps=100", "method.weights.contrast_img=0.0", "data.classes=[benign, malignant]",
+         "model.cls_widths=[8, 8, 16, 16]", ("data.root", "/some/where")],
+    )  # fmt: skip
+    assert cfg.optim.steps == 100 and cfg.method.weights.contrast_img == 0.0
+    assert cfg.model.cls_widths == (8, 8, 16, 16) and cfg.data.root == "/some/where"
+    assert isinstance(cfg.optim.cls_lr, float)
+    # a saved config loads back to the same thing
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(str(tmp_path / "c.yaml")) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("optim.steps=0", "optim.steps"),
+        ("optim.steps=abc", "optim.steps"),
+        ("optim.stepz=10", "optim.stepz"),
+        ("method.tau_min=1.5", "method.tau_min"),
+        ("method.weights.contrast_img=-1", "method.weights.contrast_img"),
+        ("method.memory.size=0", "method.memory.size"),
+        ("eval.every=-1", "eval.every"),
+        ("device=tpu", "device"),
+        ("backend=fast", "backend"),
+        ("model.num_classes=5", "num_classes"),
+        ("data.dataset=imagenet", "dataset"),
+        ("amp=maybe", "amp"),
+    ],
+)
+def test_bad_value_names_the_field(override: str, field: str) -> None:
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        load_config("default", [override])
+
+
+def test_missing_preset_is_a_clear_error() -> None:
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_config("nope")
+
+
+def test_defaults_construct() -> None:
+    assert TrainConfig().method.mode == "hermes"
