@@ -199,6 +199,8 @@ def supcon_bwd_anchor_kernel(
         # Rows with no positive have g = 0 but may hold inf * 0 = NaN; zero them explicitly.
         ds = tl.where((g != 0)[:, None], ds, 0.0)
         if F32_DOT:
+            # ds is rounded to the input dtype as on the tensor-core path (a no-op for fp32).
+            ds = ds.to(b.dtype).to(tl.float32)
             acc += tl.dot(ds, b.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(ds.to(b.dtype), b)
@@ -258,6 +260,7 @@ def supcon_bwd_contrast_kernel(
         ds = _grad_tile(s, same, not_self, col_ok[None, :], lse, n_pos, g, h, POS_PLUS_NEG)
         ds = tl.where((g != 0)[:, None] & row_ok[:, None], ds, 0.0)
         if F32_DOT:
+            ds = ds.to(a.dtype).to(tl.float32)
             acc += tl.dot(tl.trans(ds), a.to(tl.float32), input_precision="ieee")
         else:
             acc += tl.dot(tl.trans(ds.to(a.dtype)), a)
@@ -276,7 +279,8 @@ def fp32_dot(dtype: torch.dtype) -> bool:
 
     fp32 inputs: yes, to meet the 1e-5 contract. Half inputs use the tensor cores with fp32
     accumulation, except bf16 under the interpreter, whose bf16 ``tl.dot`` is wrong (Triton 3.8);
-    there the operands are upcast, which gives the same exact products.
+    there the operands are upcast (and the backward's ``ds`` rounded to bf16 first), which gives
+    the same numbers as the tensor-core path: bf16 products are exact in fp32.
     """
     return dtype == torch.float32 or (INTERPRET and dtype == torch.bfloat16)
 

@@ -39,9 +39,9 @@ def fast_backend(request) -> tuple[str, torch.device]:
     device = backend_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.skip(f"backend {name!r} needs a CUDA device")
-    dispatch.load_backends()
-    if name not in dispatch._REGISTRY["supcon_loss"] and name in dispatch._LOAD_ERRORS:
-        pytest.skip(f"backend {name!r} unavailable: {dispatch._LOAD_ERRORS[name]}")
+    status = {row[name] for row in dispatch.available().values()}
+    if "registered" not in status:
+        pytest.skip(f"backend {name!r} unavailable: {'; '.join(sorted(status))}")
     return name, device
 
 
