@@ -60,7 +60,8 @@ def build_config(args: argparse.Namespace) -> Any:
     if args.resume is not None and args.config is None:
         from hermes.train.checkpoint import load_checkpoint
 
-        base = load_checkpoint(args.resume)["config"]
+        resume = Path(args.resume)  # a distributed run's checkpoint is a folder with model.pt
+        base = load_checkpoint(resume / "model.pt" if resume.is_dir() else resume)["config"]
         return load_config(None, overrides, base=base)
     return load_config(args.config or "default", overrides)
 
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = build_config(args)
+        if cfg.distributed.workers > 1:  # Ray Train + DeepSpeed (hermes.train.distributed)
+            from hermes.train.distributed import train_on_ray as train
         if args.resume is not None:
             result = train(cfg, resume=args.resume, stop_after=args.stop_after)
             print(comparison_table([result]))

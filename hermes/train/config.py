@@ -88,15 +88,23 @@ class EvalConfig:
 class DistributedConfig:
     """Multi-worker training on Ray (+ DeepSpeed), used by ``hermes.train.distributed``.
     ``workers``: number of Ray workers (1: the single-process trainer); ``use_gpu``: one GPU per
-    worker; ``deepspeed_config``: path of a DeepSpeed JSON config (``None``: none)."""
+    worker; ``deepspeed_config``: path of a DeepSpeed JSON config or a name in
+    ``cluster/deepspeed/`` (``None``: ``zero2``); ``address``: Ray address (``None``: the job's
+    cluster, else a local Ray); ``max_failures``: worker-group restarts from the last checkpoint;
+    ``cpus_per_worker``: CPUs Ray reserves per worker."""
 
     workers: int = 1
     use_gpu: bool = False
     deepspeed_config: str | None = None
     address: str | None = None
+    max_failures: int = 3
+    cpus_per_worker: float = 1.0
 
     def __post_init__(self) -> None:
         _require(self.workers >= 1, "distributed.workers", "an int >= 1", self.workers)
+        _require(self.max_failures >= -1, "distributed.max_failures", "an int >= -1", self.max_failures)
+        _require(self.cpus_per_worker > 0, "distributed.cpus_per_worker", "a number > 0",
+                 self.cpus_per_worker)  # fmt: skip
 
 
 @dataclass

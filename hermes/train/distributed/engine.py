@@ -1,0 +1,165 @@
+"""The method module inside one DeepSpeed engine.
+
+- DeepSpeed config: a JSON file of ``cluster/deepspeed/`` (ZeRO stage, bf16), completed here
+  with what the run decides (micro-batch size, gradient clipping, the composite optimiser).
+- Process group: initialised by the caller (Ray's ``TorchTrainer`` does it with gloo on CPUs,
+  NCCL on GPUs); DeepSpeed is told so (``dist_init_required=False``).
+- DeepSpeed's shared-memory all-reduce op (``deepspeed_shm_comm``, a C++ op compiled on first
+  use, 20-40 s per fresh machine) is *avoided*, not cached: it is marked unavailable before
+  ``deepspeed.initialize``, so gradients go through gloo. It only exists for the CPU
+  accelerator; on GPUs NCCL is used and nothing is compiled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from hermes.train.distributed.optim import BranchOptimizer
+
+logger = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "cluster" / "deepspeed"
+
+
+def resolve_deepspeed_config(path: str | None) -> Path:
+    """A DeepSpeed JSON path as given, or a bare name of ``cluster/deepspeed/`` (``zero2``)."""
+    if path is None:
+        path = "zero2"
+    p = Path(path)
+    if not p.suffix and not p.exists():
+        p = CONFIG_DIR / f"{path}.json"
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"distributed.deepspeed_config: no DeepSpeed config at {p} "
+            f"(give a JSON path or one of {sorted(x.stem for x in CONFIG_DIR.glob('*.json'))})"
+        )
+    return p
+
+
+def load_deepspeed_config(
+    path: str | None, *, micro_batch: int, grad_clip: float | None, use_gpu: bool
+) -> dict[str, Any]:
+    """Read a DeepSpeed JSON config and complete it for this run.
+
+    Sets ``train_micro_batch_size_per_gpu`` (the per-worker labeled batch), ``gradient_clipping``
+    (DeepSpeed's default is 1.0; the method does not clip unless ``optim.grad_clip`` says so),
+    and allows the composite client optimiser under ZeRO. fp16 needs a GPU (the CPU
+    accelerator has no fp16 kernels): asking for it on CPU workers is an error.
+    """
+    p = resolve_deepspeed_config(path)
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"DeepSpeed config {p}: not valid JSON ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise ValueError(f"DeepSpeed config {p}: expected a JSON object, got {type(cfg).__name__}")
+    if cfg.get("fp16", {}).get("enabled") and not use_gpu:
+        raise ValueError(
+            f"DeepSpeed config {p}: fp16 needs GPU workers (distributed.use_gpu=true); "
+            "use bf16 on CPUs"
+        )
+    if "optimizer" in cfg or "scheduler" in cfg:
+        raise ValueError(
+            f"DeepSpeed config {p}: must not define 'optimizer' or 'scheduler' (the method's "
+            "SGD + Adam groups and poly schedule are passed to deepspeed.initialize)"
+        )
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch
+    cfg.setdefault("gradient_accumulation_steps", 1)
+    cfg.pop("train_batch_size", None)
+    cfg["gradient_clipping"] = 0.0 if grad_clip is None else float(grad_clip)
+    cfg["zero_allow_untested_optimizer"] = True
+    cfg.setdefault("steps_per_print", 10**9)
+    return cfg
+
+
+def avoid_shm_build() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce op (see module docstring)."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
+def build_engine(
+    method: nn.Module,
+    cls_branch: nn.Module,
+    seg_branch: nn.Module,
+    optim_cfg: Any,
+    ds_config: dict[str, Any],
+) -> Any:
+    """``deepspeed.initialize`` over the method with one :class:`BranchOptimizer` (SGD group
+    for ``cls_branch``, Adam group for ``seg_branch``) and the poly schedule.
+
+    ``optim_cfg`` is a :class:`hermes.train.config.OptimConfig`. The process group must exist.
+    Returns the engine (its ``lr_scheduler`` steps with ``engine.step()``).
+    """
+    import deepspeed
+
+    from hermes.method import poly_factor
+
+    if not torch.distributed.is_initialized():
+        raise ValueError("build_engine: torch.distributed must be initialised first")
+    avoid_shm_build()
+    groups = [
+        {"params": [p for p in cls_branch.parameters() if p.requires_grad], "algorithm": "sgd",
+         "lr": optim_cfg.cls_lr, "momentum": optim_cfg.cls_momentum,
+         "weight_decay": optim_cfg.cls_weight_decay, "name": "cls"},
+        {"params": [p for p in seg_branch.parameters() if p.requires_grad], "algorithm": "adam",
+         "lr": optim_cfg.seg_lr, "weight_decay": optim_cfg.seg_weight_decay, "name": "seg"},
+    ]  # fmt: skip
+    optimizer = BranchOptimizer(groups)
+    scheduler = LambdaLR(
+        optimizer, lambda t: poly_factor(t, optim_cfg.steps, optim_cfg.poly_power)
+    )
+    engine, _, _, _ = deepspeed.initialize(
+        model=method,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=ds_config,
+        dist_init_required=False,
+    )
+    logger.info(
+        "DeepSpeed engine: ZeRO stage %d, dtype %s, %d workers",
+        engine.zero_optimization_stage(), engine.get_data_types()[0], engine.dp_world_size,
+    )  # fmt: skip
+    return engine
+
+
+def engine_dtype(engine: Any) -> torch.dtype:
+    """The dtype the engine keeps the module's parameters in (bf16, fp16 or fp32)."""
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32
+
+
+def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
+    """The method's full state dict in fp32 on the CPU, on every rank.
+
+    A collective under ZeRO-3 (parameters are gathered): call it on every rank. Under bf16 the
+    weights are the engine's 16-bit module weights cast to fp32.
+    """
+    module = engine.module
+
+    def copy() -> dict[str, torch.Tensor]:
+        return {
+            k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
+            for k, v in module.state_dict().items()
+        }
+
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return copy()
+    return copy()

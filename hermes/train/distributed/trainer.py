@@ -1,0 +1,123 @@
+"""``python -m hermes.train --set distributed.workers=N``: the run on Ray Train.
+
+:func:`train_on_ray` is the distributed counterpart of :func:`hermes.train.train` (same
+arguments, same :class:`~hermes.train.RunResult`): it starts a ``TorchTrainer`` with N workers
+running :func:`~hermes.train.distributed.worker.train_loop_per_worker`, restarts it from its
+last checkpoint after a failure (``distributed.max_failures``), then, on the driver, copies the
+consolidated weights to ``<out_dir>/model.pt``, evaluates them on the test split and writes the
+report to ``<out_dir>/report/``.
+
+Where things land (``out_dir`` = ``cfg.out_dir``, ``runs/default/hermes`` by default)::
+
+    <out_dir>/ray/<name>/checkpoint_*/     Ray checkpoints (DeepSpeed shards + model.pt)
+    <out_dir>/model.pt                     final weights, for hermes.evaluate / hermes.predict
+    <out_dir>/report/                      metrics.json, summary.md, figures
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from hermes.train.config import TrainConfig, to_dict
+from hermes.train.distributed.worker import FAULT_ENV, train_loop_per_worker
+
+logger = logging.getLogger("hermes.train.distributed")
+
+
+def _ray_init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # In a job (`ray job submit`) RAY_ADDRESS names the cluster; else a local Ray is started.
+    ray.init(address=address, log_to_driver=True)
+
+
+def train_on_ray(
+    cfg: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    stop_after: int | None = None,
+    report: bool = True,
+) -> Any:
+    """Train ``cfg`` on ``cfg.distributed.workers`` Ray workers with DeepSpeed.
+
+    Args:
+        cfg: the configuration; ``cfg.distributed`` says how many workers, GPUs or not, the
+            DeepSpeed config, the Ray address and how many failures to survive.
+        resume: a checkpoint folder of an earlier Ray run (``.../checkpoint_*``) to continue.
+        stop_after: stop after this many steps (the schedule still spans ``optim.steps``).
+        report: evaluate the final weights and write the report.
+
+    Returns:
+        :class:`hermes.train.RunResult` (``checkpoint`` is ``<out_dir>/model.pt``).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    dcfg = cfg.distributed
+    if resume is not None and not (Path(resume) / "deepspeed").is_dir():
+        raise FileNotFoundError(
+            f"resume: {resume} is not a checkpoint of a distributed run (no deepspeed/ folder)"
+        )
+    start = time.perf_counter()
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _ray_init(dcfg.address)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "train_config": to_dict(cfg),
+            "resume_from": None if resume is None else str(Path(resume).resolve()),
+            "stop_after": stop_after,
+            "fault": os.environ.get(FAULT_ENV),
+        },
+        torch_config=TorchConfig(backend="nccl" if dcfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=dcfg.workers, use_gpu=dcfg.use_gpu,
+            resources_per_worker={"CPU": dcfg.cpus_per_worker},
+        ),  # fmt: skip
+        run_config=RunConfig(
+            name=cfg.name,
+            storage_path=str(out / "ray"),
+            failure_config=FailureConfig(max_failures=dcfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray run {cfg.name} finished without a checkpoint ({result.error})")
+    ckpt_dir = Path(result.checkpoint.path)
+    model_path = out / "model.pt"
+    shutil.copyfile(ckpt_dir / "model.pt", model_path)
+    logger.info("Ray checkpoint: %s; weights: %s", ckpt_dir, model_path)
+    return _finish(cfg, out, model_path, start, report)
+
+
+def _finish(cfg: TrainConfig, out: Path, model_path: Path, start: float, report: bool) -> Any:
+    """Evaluate the consolidated weights on the driver and write the report."""
+    from hermes.train.loop import RunResult, TrainState
+    from hermes.data import build_data
+    from hermes.eval.evaluate import evaluate
+    from hermes.train.checkpoint import load_checkpoint, load_model
+    from hermes.train.report import write_run_report
+
+    ckpt = load_checkpoint(model_path)
+    state = TrainState(step=int(ckpt["step"]), history=list(ckpt["history"]),
+                       evals=list(ckpt["evals"]))  # fmt: skip
+    final = None
+    if state.step == cfg.optim.steps and report:
+        model, _ = load_model(model_path)
+        data = build_data(cfg.data)
+        final = evaluate(model, data.test, "cpu", max_batches=cfg.eval.max_batches,
+                         keep_images=cfg.eval.figure_images)  # fmt: skip
+        state.evals.append({"step": float(state.step), **final.metrics})
+    result = RunResult(cfg, out, state, final, model_path, time.perf_counter() - start)
+    if final is not None:
+        write_run_report(result, ckpt["classes"])
+    return result
