@@ -1,0 +1,85 @@
+"""The three command lines on a tiny run: train (with the baseline), evaluate, predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hermes.eval.evaluate import main as evaluate_main
+from hermes.eval.predict import main as predict_main
+from hermes.train.__main__ import main as train_main
+
+TINY_MODEL = [
+    "model.cls_widths=[8, 8, 16, 16]", "model.cls_stem_width=8",
+    "model.seg_widths=[8, 8, 16, 16]", "model.seg_stem_width=8",
+    "model.decoder_channels=[16, 8, 8, 8, 8]", "model.embed_dim=16", "model.proj_hidden=16",
+    "model.proj_dim=8", "model.consistency_dim=8", "model.image_size=32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hermes and the supervised baseline, 2 steps each, through ``python -m hermes.train``."""
+    root = tmp_path_factory.mktemp("cli")
+    sets = [
+        f"data.cache_dir={root / 'cache'}", "data.phantom_size=24", "data.phantom_image_size=64",
+        "data.image_size=32", "data.labeled=8", "data.batch_size=4",
+        "data.unlabeled_batch_size=4", "optim.steps=2", "eval.every=0", "eval.max_batches=1",
+        "eval.figure_images=2", "checkpoint_every=0", "progress=false", *TINY_MODEL,
+    ]  # fmt: skip
+    argv = ["--out", str(root / "runs"), "--backend", "torch"]
+    for s in sets:
+        argv += ["--set", s]
+    assert train_main(argv) == 0
+    return root / "runs"
+
+
+def test_train_cli_compares_hermes_and_baseline(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    summary = (trained / "report" / "summary.md").read_text()
+    assert "| hermes | supervised |" in summary.replace("metric | ", "")
+    runs = json.loads((trained / "report" / "metrics.json").read_text())
+    assert [r["mode"] for r in runs] == ["hermes", "supervised"]
+    assert (trained / "report" / "test_metrics.png").is_file()
+    for name in ("hermes", "supervised"):
+        assert (trained / name / "report" / "summary.md").is_file()
+
+
+def test_train_cli_rejects_bad_values(capsys: pytest.CaptureFixture) -> None:
+    assert train_main(["--set", "optim.steps=0"]) == 2
+    assert "optim.steps" in capsys.readouterr().err
+    assert train_main(["--data", "/nowhere"]) == 2
+
+
+def test_evaluate_cli(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "metrics.json"
+    assert evaluate_main([str(trained / "hermes" / "last.pt"), "--out", str(out)]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["images"] > 0 and 0.0 <= metrics["dice_lesion"] <= 1.0
+    assert "dice_lesion=" in capsys.readouterr().out
+    assert evaluate_main([str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_predict_cli(trained: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"a": (50, 70), "b": (64, 64)}
+    for stem, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(images / f"{stem}.png")
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(images / "b_mask.png")  # skipped
+    out = tmp_path / "pred"
+    assert predict_main([str(trained / "supervised" / "best.pt"), str(images), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["file"] for r in rows] == ["a.png", "b.png"]
+    for r in rows:
+        p = float(r["p_benign"]) + float(r["p_malignant"])
+        assert p == pytest.approx(1.0, abs=1e-5) and r["predicted"] in ("benign", "malignant")
+    for stem, (h, w) in sizes.items():
+        mask = np.array(Image.open(out / f"{stem}_pred.png"))
+        assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
