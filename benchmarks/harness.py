@@ -204,6 +204,7 @@ def run_case(
     work: dict[str, float] | None = None,
     budget_s: float = 1.0,
     max_rounds: int = 50,
+    warmup: bool = True,
 ) -> float:
     """Warm ``fn`` up, measure its peak memory, time it, and fill ``benchmark.extra_info``.
 
@@ -218,6 +219,7 @@ def run_case(
             time are stored as ``gflop_per_s`` / ``gb_per_s``.
         budget_s: time to spend on measured rounds (at least 3 rounds, at most ``max_rounds``).
         max_rounds: at most this many measured rounds (1 for calls of many seconds).
+        warmup: make a first, untimed call (``False`` when the caller has already called ``fn``).
 
     Returns:
         The median time of one call in seconds (the calibration call's time when pytest-benchmark
@@ -229,9 +231,11 @@ def run_case(
         synchronize(dev)
         return out
 
-    start = time.perf_counter()
-    call()  # warm-up: compilation, autotuning, allocator caches
-    first_s = time.perf_counter() - start
+    first_s = None
+    if warmup:
+        start = time.perf_counter()
+        call()  # warm-up: compilation, autotuning, allocator caches
+        first_s = round(time.perf_counter() - start, 4)
     start = time.perf_counter()
     peak = peak_memory(call, dev)  # a second call, measured for memory and timed for calibration
     once_s = max(time.perf_counter() - start, 1e-7)
@@ -246,7 +250,7 @@ def run_case(
         versions=versions(),
         peak_memory_bytes=peak,
         peak_memory_mib=None if peak is None else round(peak / MIB, 2),
-        first_call_s=round(first_s, 4),
+        first_call_s=first_s,
     )
     benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)
 

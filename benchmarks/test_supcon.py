@@ -118,7 +118,8 @@ def loss_fn(backend: str, shape: Shape, x: Inputs, dev: torch.device) -> Callabl
             from inf_cl import cal_inf_loss
         except ImportError as exc:
             pytest.skip(f"Inf-CL is not installed ({exc}); pip install inf_cl")
-        return lambda: cal_inf_loss(x.anchors, x.contrasts, scale=1.0 / TEMPERATURE).mean()
+        # Without a process group Inf-CL runs its single-device flash kernels; it returns the mean.
+        return lambda: cal_inf_loss(x.anchors, x.contrasts, scale=1.0 / TEMPERATURE, head_dim=shape.d)
 
     inputs = dict(anchors=x.anchors, labels=x.labels, contrasts=x.contrasts,
                   contrast_labels=x.contrast_labels, weights=None, reduction="mean",
