@@ -12,10 +12,20 @@ Usage::
 from hermes.data.build import DATASETS, Data, DataConfig, build_data, load_records
 from hermes.data.datasets import LabeledDataset, UnlabeledDataset, load_sample
 from hermes.data.io import load_image, load_mask, load_masks
-from hermes.data.phantom import PhantomConfig, ensure_phantom
 from hermes.data.readers import Record, read_busi, read_dataset, read_folder, read_udiat
 from hermes.data.splits import Split, duplicate_groups, make_split
 from hermes.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
+
+
+def __getattr__(name: str):
+    # The phantom module is imported lazily, so that ``python -m hermes.data.phantom`` does not
+    # find it already imported by the package.
+    if name in ("PhantomConfig", "ensure_phantom"):
+        from hermes.data import phantom
+
+        return getattr(phantom, name)
+    raise AttributeError(f"module 'hermes.data' has no attribute {name!r}")
+
 
 __all__ = [
     "DATASETS",

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from hermes.data.datasets import LabeledDataset, UnlabeledDataset
-from hermes.data.phantom import PhantomConfig, ensure_phantom
 from hermes.data.readers import Record, read_dataset, read_folder
 from hermes.data.splits import Split, make_split
 
@@ -95,6 +94,9 @@ class Data:
 def load_records(cfg: DataConfig) -> tuple[list[Record], Path]:
     """Read (or generate, for the phantom) the records of ``cfg``; return them and the root."""
     if cfg.dataset == "phantom":
+        # imported here so that ``python -m hermes.data.phantom`` runs without a runpy warning
+        from hermes.data.phantom import PhantomConfig, ensure_phantom
+
         unknown = set(cfg.classes) - {"benign", "malignant"}
         if unknown:
             raise ValueError(f"the phantom has classes benign and malignant, not {sorted(unknown)}")

@@ -49,7 +49,7 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 # Bump when the generator changes, so that cached datasets are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 CLASSES = ("benign", "malignant")
 
 
@@ -118,7 +118,7 @@ def draw_lesion(rng: np.random.Generator, malignant: bool, n: int) -> LesionPara
     """Draw the lesion of one image of side ``n`` (distributions calibrated against BUSI)."""
     if malignant:
         area = float(np.clip(np.exp(rng.normal(np.log(0.14), 0.8)), 0.012, 0.35))
-        aspect = float(np.exp(rng.normal(np.log(1.0), 0.3)))  # often taller than wide
+        aspect = float(np.exp(rng.normal(np.log(1.35), 0.3)))  # often taller than wide
         tilt = float(rng.normal(0.0, 0.35))
         n_harm = int(rng.integers(3, 7))
         harmonics = tuple(
@@ -268,7 +268,7 @@ def simulate(rng: np.random.Generator, malignant: bool, n: int) -> tuple[np.ndar
 
     # baseband PSF: Gaussian, narrow along depth, wide across (focal blur grows with depth
     # is neglected); FFT convolution
-    sig_z, sig_x = rng.uniform(1.3, 1.5), rng.uniform(2.9, 3.4)
+    sig_z, sig_x = rng.uniform(1.3, 1.5), rng.uniform(2.6, 3.1)
     fz = np.fft.fftfreq(n)[:, None]
     fx = np.fft.fftfreq(n)[None, :]
     otf = np.exp(-2 * np.pi**2 * ((fz * sig_z) ** 2 + (fx * sig_x) ** 2))
