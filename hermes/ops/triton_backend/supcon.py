@@ -1,7 +1,9 @@
 """``supcon_loss`` on Triton: custom ops ``hermes::triton_supcon_fwd`` / ``_bwd`` and autograd.
 
-The kernels (``hermes.kernels.supcon``) return per-anchor losses; per-anchor weights and the
-reduction are applied here with plain tensor ops, so gradients reach ``weights`` too.
+The kernels (``hermes.kernels.supcon``) do the pairwise passes (log-sum-exp, and the positive
+pairs of ``pos_plus_neg``); the positive term of ``all`` and the positive counts come from
+per-class feature sums here (O((N + M) d), no host synchronisation). Per-anchor weights and the
+reduction are plain tensor ops, so gradients reach ``weights`` too.
 """
 
 from __future__ import annotations
@@ -13,11 +15,51 @@ from hermes.kernels import supcon as K
 from hermes.ops.triton_backend._common import HALF_AND_FLOAT, device_reasons, dtype_reasons
 
 
-def _launch_args(anchors: Tensor, contrasts: Tensor) -> dict:
+def _launch_args(anchors: Tensor) -> dict:
     n_block, m_block, d_block = K.block_sizes(anchors.shape[1])
     return dict(
         F32_DOT=K.fp32_dot(anchors.dtype), BLOCK_N=n_block, BLOCK_M=m_block, BLOCK_D=d_block
     )
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _positives(
+    anchors: Tensor,
+    labels: Tensor,
+    contrasts: Tensor,
+    contrast_labels: Tensor,
+    self_offset: int,
+    has_self: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The linear positive term from per-class feature sums, without a host synchronisation.
+
+    Labels are renumbered densely by a sort (any int64 values, no ``unique``); with ``S_c`` the
+    sum of the contrast features of class ``c``, anchor ``i``'s positives sum to
+    ``S_{y_i} - b_self`` (when its self pair exists and carries its label).
+
+    Returns ``pos_feat`` (N, d) fp32 (sum of the positives' features), ``n_pos`` (N,) fp32, the
+    dense class ids of anchors (N,) and contrasts (M,), the self contrast index (N,) (clamped
+    into range) and whether the self pair is a positive that must be left out (N,) fp32.
+    """
+    n, m = labels.shape[0], contrast_labels.shape[0]
+    sorted_y, order = torch.sort(torch.cat([labels, contrast_labels]))
+    first = torch.ones_like(sorted_y, dtype=torch.bool)
+    first[1:] = sorted_y[1:] != sorted_y[:-1]
+    ids = torch.empty_like(sorted_y).scatter_(0, order, torch.cumsum(first, 0) - 1)
+    ids_a, ids_b = ids[:n], ids[n:]
+    b = contrasts.float()
+    sums = torch.zeros(n + m, b.shape[1], device=b.device).index_add_(0, ids_b, b)
+    counts = torch.zeros(n + m, device=b.device).index_add_(0, ids_b, torch.ones_like(b[:, 0]))
+    self_idx = torch.arange(n, device=b.device) + self_offset
+    self_pos = (self_idx >= 0) & (self_idx < m) & has_self
+    self_idx = self_idx.clamp(0, m - 1)
+    self_pos = (self_pos & (contrast_labels[self_idx] == labels)).float()
+    pos_feat = sums[ids_a] - self_pos[:, None] * b[self_idx]
+    n_pos = counts[ids_a] - self_pos
+    return pos_feat, n_pos, ids_a, ids_b, self_idx, self_pos
 
 
 @torch.library.custom_op("hermes::triton_supcon_fwd", mutates_args=())
@@ -32,26 +74,32 @@ def supcon_fwd(
     has_self: bool,
     pos_plus_neg: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Shapes: anchors (N, d), labels (N,), contrasts (M, d), contrast_labels (M,), all contiguous.
+    """Shapes: anchors (N, d), labels (N,), contrasts (M, d) with M >= 1, contrast_labels (M,),
+    all contiguous.
 
     Returns four (N,) fp32 tensors: the loss per anchor (unweighted, 0 without positives), the
     log-sum-exp (over non-self pairs for ``all``, over negatives for ``pos_plus_neg``), the
-    positive count, and ``h`` (pos_plus_neg only, else zeros) for the backward pass.
+    positive count, and ``h`` (pos_plus_neg; zeros for ``all``) for the backward pass.
     """
     n, d = anchors.shape
     m = contrasts.shape[0]
-    out = [torch.zeros(n, dtype=torch.float32, device=anchors.device) for _ in range(4)]
-    if n == 0:
-        return out[0], out[1], out[2], out[3]
-    cfg = _launch_args(anchors, contrasts)
-    grid = (triton_cdiv(n, cfg["BLOCK_N"]),)
-    K.supcon_fwd_kernel[grid](
-        anchors, labels, contrasts, contrast_labels,
-        out[0], out[1], out[2], out[3],
-        n, m, d, 1.0 / temperature, temperature / base_temperature, self_offset,
-        HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg,
-    )
-    return out[0], out[1], out[2], out[3]
+    scale = temperature / base_temperature
+    lse, sp_sum, h = (torch.zeros(n, dtype=torch.float32, device=anchors.device) for _ in range(3))
+    if n > 0:
+        cfg = _launch_args(anchors)
+        K.supcon_fwd_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
+            anchors, labels, contrasts, contrast_labels, lse, sp_sum, h,
+            n, m, d, 1.0 / temperature, self_offset,
+            HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg,
+        )
+    pos_feat, n_pos, *_ = _positives(anchors, labels, contrasts, contrast_labels, self_offset, has_self)
+    denom = n_pos.clamp(min=1)
+    if pos_plus_neg:
+        loss = scale * sp_sum / denom
+    else:
+        loss = scale * (lse - (anchors.float() * pos_feat).sum(dim=1) / temperature / denom)
+    loss = torch.where(n_pos > 0, loss, 0.0)
+    return loss, lse, n_pos, h
 
 
 @supcon_fwd.register_fake
@@ -70,7 +118,7 @@ def supcon_bwd(
     contrast_labels: Tensor,
     lse: Tensor,
     n_pos: Tensor,
-    aux: Tensor,
+    h: Tensor,
     temperature: float,
     base_temperature: float,
     self_offset: int,
@@ -80,54 +128,60 @@ def supcon_bwd(
     """Gradients of the per-anchor losses: ``(d anchors (N, d), d contrasts (M, d))`` in their dtypes."""
     n, d = anchors.shape
     m = contrasts.shape[0]
-    scale = temperature / base_temperature
-    g = torch.where(n_pos > 0, grad_loss.float() * scale / n_pos.clamp(min=1), 0.0).contiguous()
+    inv_t = 1.0 / temperature
+    g = torch.where(
+        n_pos > 0, grad_loss.float() * (temperature / base_temperature) / n_pos.clamp(min=1), 0.0
+    )
+    c = (g * h if pos_plus_neg else g * n_pos).contiguous()
+    g = g.contiguous()
     da = torch.zeros(n, d, dtype=torch.float32, device=anchors.device)
     db = torch.zeros(m, d, dtype=torch.float32, device=anchors.device)
-    if n > 0 and m > 0:
-        cfg = _launch_args(anchors, contrasts)
-        common = (n, m, d, 1.0 / temperature, self_offset)
-        K.supcon_bwd_anchor_kernel[(triton_cdiv(n, cfg["BLOCK_N"]),)](
-            anchors, labels, contrasts, contrast_labels, lse, n_pos, aux, g, da, *common,
-            HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg,
+    if n > 0:
+        cfg = _launch_args(anchors)
+        common = (n, m, d, inv_t, self_offset)
+        flags = dict(HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg)
+        K.supcon_bwd_anchor_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
+            anchors, labels, contrasts, contrast_labels, lse, c, g, da, *common, **flags
         )
-        K.supcon_bwd_contrast_kernel[(triton_cdiv(m, cfg["BLOCK_M"]),)](
-            anchors, labels, contrasts, contrast_labels, lse, n_pos, aux, g, db, *common,
-            HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg,
+        K.supcon_bwd_contrast_kernel[(_cdiv(m, cfg["BLOCK_M"]),)](
+            anchors, labels, contrasts, contrast_labels, lse, c, g, db, *common, **flags
         )
+    if not pos_plus_neg:
+        # The positive term -g_i a_i . (S_{y_i} - b_self) / t, by the class sums again.
+        pos_feat, _, ids_a, ids_b, self_idx, self_pos = _positives(
+            anchors, labels, contrasts, contrast_labels, self_offset, has_self
+        )
+        ga = g[:, None] * anchors.float()
+        da -= inv_t * g[:, None] * pos_feat
+        anchor_sums = torch.zeros(n + m, d, device=da.device).index_add_(0, ids_a, ga)
+        db -= inv_t * anchor_sums[ids_b]
+        db.index_add_(0, self_idx, inv_t * self_pos[:, None] * ga)
     return da.to(anchors.dtype), db.to(contrasts.dtype)
 
 
 @supcon_bwd.register_fake
-def _(grad_loss, anchors, labels, contrasts, contrast_labels, lse, n_pos, aux, temperature,
+def _(grad_loss, anchors, labels, contrasts, contrast_labels, lse, n_pos, h, temperature,
       base_temperature, self_offset, has_self, pos_plus_neg):
     return torch.empty_like(anchors), torch.empty_like(contrasts)
 
 
-_SCALARS = ("temperature", "base_temperature", "self_offset", "has_self", "pos_plus_neg")
-
-
 def _setup_context(ctx, inputs, output) -> None:
     anchors, labels, contrasts, contrast_labels, *scalars = inputs
-    _, lse, n_pos, aux = output
-    ctx.save_for_backward(anchors, labels, contrasts, contrast_labels, lse, n_pos, aux)
+    _, lse, n_pos, h = output
+    ctx.save_for_backward(anchors, labels, contrasts, contrast_labels, lse, n_pos, h)
     ctx.scalars = scalars
 
 
-def _backward(ctx, grad_loss, _grad_lse, _grad_npos, _grad_aux):
-    anchors, labels, contrasts, contrast_labels, lse, n_pos, aux = ctx.saved_tensors
+def _backward(ctx, grad_loss, _grad_lse, _grad_npos, _grad_h):
+    anchors, labels, contrasts, contrast_labels, lse, n_pos, h = ctx.saved_tensors
     da, db = supcon_bwd(
-        grad_loss.contiguous(), anchors, labels, contrasts, contrast_labels, lse, n_pos, aux,
+        grad_loss.contiguous(), anchors, labels, contrasts, contrast_labels, lse, n_pos, h,
         *ctx.scalars,
     )
     return da, None, db, None, None, None, None, None, None
 
 
 supcon_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def supcon_loss(
@@ -145,6 +199,12 @@ def supcon_loss(
 ) -> Tensor:
     """The Triton implementation behind :func:`hermes.ops.supcon_loss` (same arguments)."""
     anchors = anchors.contiguous()
+    if contrasts is not None and contrasts.shape[0] == 0:
+        # No contrast at all: no anchor has a positive (the reference's value, with a graph).
+        per_anchor = anchors.sum(dim=1).float() * 0.0
+        if weights is not None:
+            per_anchor = per_anchor * weights.float()
+        return per_anchor if reduction == "none" else per_anchor.sum()
     if contrasts is None:
         contrasts, contrast_labels, self_offset = anchors, labels, 0
     per_anchor, _, n_pos, _ = supcon_fwd(
