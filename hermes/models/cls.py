@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from hermes.models.config import ModelConfig
 from hermes.models.layers import ConsistencyHead, ProjectionHead, conv_bn_act
 from hermes.models.pretrained import load_encoder_weights
+from hermes.models.seg import timm_resnet_args
 from hermes.ops import InterTaskAttention
 
 # The four attention depths of the ResNet: after the stem conv (1/2), layer1 (1/4),
@@ -62,8 +63,7 @@ class ClassificationBranch(nn.Module):
             cfg.cls_encoder,
             pretrained=False,
             num_classes=0,
-            channels=cfg.cls_widths,
-            stem_width=cfg.cls_stem_width,
+            **timm_resnet_args(cfg.cls_widths, cfg.cls_stem_width, cfg.cls_stem_type),
         )
         absent = [p for p in _RESNET_PARTS if not hasattr(self.encoder, p)]
         if absent:

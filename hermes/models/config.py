@@ -4,9 +4,10 @@ Two presets fill every field left at ``None``:
 
 - ``paper``: segmentation encoder ``res2net101d`` (Res2Net-101 v1b 26w4s) with a U-Net decoder of
   widths (256, 128, 64, 32, 16); classification encoder ResNet-18 at full width; 224 px.
-- ``small``: segmentation encoder ResNet-18 at half width with a decoder of widths
-  (64, 32, 16, 16, 16); classification ResNet-18 at half width (32, 64, 128, 256); 128 px.
-  Same structure, sized to train on a CPU in minutes.
+- ``small``: segmentation encoder ResNet-18 at half width (32, 64, 128, 256) with a deep stem
+  of width 16 (32 channels at 1/2) and a decoder of widths (64, 32, 16, 16, 16);
+  classification ResNet-18 at the same widths and stem; 128 px. Same structure, sized to train
+  on a CPU in minutes.
 
 Fields given explicitly override the preset.
 """
@@ -21,25 +22,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "seg_encoder": "res2net101d",
         "seg_widths": None,
         "seg_stem_width": None,
+        "seg_stem_type": None,
         "decoder_channels": (256, 128, 64, 32, 16),
         "cls_encoder": "resnet18",
         "cls_widths": (64, 128, 256, 512),
         "cls_stem_width": 64,
+        "cls_stem_type": "",
         "image_size": 224,
     },
     "small": {
         "seg_encoder": "resnet18",
         "seg_widths": (32, 64, 128, 256),
-        "seg_stem_width": 32,
+        "seg_stem_width": 16,
+        "seg_stem_type": "deep",
         "decoder_channels": (64, 32, 16, 16, 16),
         "cls_encoder": "resnet18",
         "cls_widths": (32, 64, 128, 256),
-        "cls_stem_width": 32,
+        "cls_stem_width": 16,
+        "cls_stem_type": "deep",
         "image_size": 128,
     },
 }
 
 ATTENTION_SOURCES = ("decoder", "encoder")
+STEM_TYPES = ("", "deep", "deep_tiered")  # timm ResNet stems
+# Arguments of the segmentation encoder that follow the preset only with its encoder.
+_SEG_ENCODER_ARGS = ("seg_widths", "seg_stem_width", "seg_stem_type")
 
 
 @dataclass
@@ -60,11 +68,14 @@ class ModelConfig:
         seg_encoder: timm model name of the segmentation encoder (``features_only``).
         seg_widths: stage widths passed to timm as ``channels`` (ResNet family), ``None``: timm's.
         seg_stem_width: stem width passed to timm as ``stem_width``, ``None``: timm's.
+        seg_stem_type: timm ResNet ``stem_type`` (``""``, ``"deep"``), ``None``: timm's.
         decoder_channels: widths of the five decoder blocks (1/16, 1/8, 1/4, 1/2, 1/1).
         decoder_dropout: dropout between the two convolutions of each decoder block.
         cls_encoder: timm ResNet-family name of the classification encoder.
         cls_widths: the four stage widths of the classification encoder.
-        cls_stem_width: its stem width.
+        cls_stem_width: its stem width (timm's ``stem_width``: the deep stem's inner width;
+            a plain stem is always 64 wide).
+        cls_stem_type: its timm ``stem_type``: ``""`` (plain 7x7, ResNet-18) or ``"deep"``.
         embed_dim: pixel embedding width (ContrastiveSeg projection head).
         proj_hidden, proj_dim: classification projection head widths.
         consistency_dim: width of both branches' consistency embeddings.
@@ -87,11 +98,13 @@ class ModelConfig:
     seg_encoder: str | None = None
     seg_widths: tuple[int, ...] | None = None
     seg_stem_width: int | None = None
+    seg_stem_type: str | None = None
     decoder_channels: tuple[int, ...] | None = None
     decoder_dropout: float = 0.25
     cls_encoder: str | None = None
     cls_widths: tuple[int, ...] | None = None
     cls_stem_width: int | None = None
+    cls_stem_type: str | None = None
     embed_dim: int = 256
     proj_hidden: int = 256
     proj_dim: int = 128
@@ -111,7 +124,7 @@ class ModelConfig:
         preset = PRESETS[self.preset]
         own_seg_encoder = self.seg_encoder is not None and self.seg_encoder != preset["seg_encoder"]
         for name, value in preset.items():
-            if name in ("seg_widths", "seg_stem_width") and own_seg_encoder:
+            if name in _SEG_ENCODER_ARGS and own_seg_encoder:
                 continue
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -150,6 +163,10 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.image_size must be divisible by 32, got {self.image_size}"
             )
+        for name in ("seg_stem_type", "cls_stem_type"):
+            value = getattr(self, name)
+            if value is not None and value not in STEM_TYPES:
+                raise ValueError(f"ModelConfig.{name} must be one of {STEM_TYPES}, got {value!r}")
         if not 0.0 <= self.decoder_dropout < 1.0:
             raise ValueError(
                 f"ModelConfig.decoder_dropout must be in [0, 1), got {self.decoder_dropout!r}"

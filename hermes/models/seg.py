@@ -36,13 +36,12 @@ class SegOutput:
     features: list[Tensor]
 
 
-def _timm_widths(widths: tuple[int, ...] | None, stem_width: int | None) -> dict[str, object]:
-    kwargs: dict[str, object] = {}
-    if widths is not None:
-        kwargs["channels"] = widths
-    if stem_width is not None:
-        kwargs["stem_width"] = stem_width
-    return kwargs
+def timm_resnet_args(
+    widths: tuple[int, ...] | None, stem_width: int | None, stem_type: str | None
+) -> dict[str, object]:
+    """The timm ResNet-family keyword arguments that are set (``None`` keeps timm's default)."""
+    args = {"channels": widths, "stem_width": stem_width, "stem_type": stem_type}
+    return {k: v for k, v in args.items() if v is not None}
 
 
 class SegmentationBranch(nn.Module):
@@ -61,7 +60,7 @@ class SegmentationBranch(nn.Module):
             pretrained=False,
             features_only=True,
             out_indices=(0, 1, 2, 3, 4),
-            **_timm_widths(cfg.seg_widths, cfg.seg_stem_width),
+            **timm_resnet_args(cfg.seg_widths, cfg.seg_stem_width, cfg.seg_stem_type),
         )
         reductions = tuple(self.encoder.feature_info.reduction())
         if reductions != REDUCTIONS:

@@ -23,7 +23,7 @@ def test_explicit_fields_override_the_preset_and_lists_become_tuples() -> None:
 
 def test_own_seg_encoder_does_not_inherit_preset_widths() -> None:
     cfg = ModelConfig(preset="small", seg_encoder="resnet34")
-    assert cfg.seg_widths is None and cfg.seg_stem_width is None
+    assert cfg.seg_widths is None and cfg.seg_stem_width is None and cfg.seg_stem_type is None
 
 
 @pytest.mark.parametrize(
@@ -37,6 +37,7 @@ def test_own_seg_encoder_does_not_inherit_preset_widths() -> None:
         ("cls_widths", (8, 8, 8, -1)),
         ("decoder_dropout", 1.0),
         ("attention_source", "middle"),
+        ("cls_stem_type", "wide"),
         ("image_size", 100),
         ("embed_dim", 0),
         ("pretrained_cls", 3),

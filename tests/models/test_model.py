@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import timm
 import torch
@@ -10,6 +12,7 @@ import torch.nn.functional as F
 from hermes.models import ClsOutput, HermesModel, ModelConfig, SegOutput, build_model
 
 B, H = 4, 64
+TinyConfig = Callable[..., ModelConfig]
 
 
 def _check_outputs(model: HermesModel, x: torch.Tensor) -> None:
@@ -40,23 +43,27 @@ def _check_outputs(model: HermesModel, x: torch.Tensor) -> None:
 @pytest.mark.parametrize(
     ("attention", "saliency"), [(True, True), (False, True), (True, False), (False, False)]
 )
-def test_small_output_shapes(
-    images: torch.Tensor, num_classes: int, attention: bool, saliency: bool
+def test_output_shapes(
+    images: torch.Tensor, tiny: TinyConfig, num_classes: int, attention: bool, saliency: bool
 ) -> None:
-    cfg = ModelConfig(
-        preset="small", num_classes=num_classes, attention=attention, saliency=saliency
-    )
+    cfg = tiny(num_classes=num_classes, attention=attention, saliency=saliency)
     _check_outputs(build_model(cfg), images)
 
 
+def test_small_preset_output_shapes(images: torch.Tensor) -> None:
+    model = build_model(ModelConfig(preset="small"))
+    assert model.seg.encoder.feature_info.channels() == [32, 32, 64, 128, 256]
+    _check_outputs(model, images)
+
+
 @pytest.mark.parametrize("source", ["decoder", "encoder"])
-def test_attention_source(images: torch.Tensor, source: str) -> None:
-    _check_outputs(build_model(ModelConfig(attention_source=source)), images)
+def test_attention_source(images: torch.Tensor, tiny: TinyConfig, source: str) -> None:
+    _check_outputs(build_model(tiny(attention_source=source)), images)
 
 
-def test_saliency_off_removes_decoder_channels() -> None:
-    on = build_model(ModelConfig(saliency=True)).seg.decoder[2].conv1[0]
-    off = build_model(ModelConfig(saliency=False)).seg.decoder[2].conv1[0]
+def test_saliency_off_removes_decoder_channels(tiny: TinyConfig) -> None:
+    on = build_model(tiny(saliency=True)).seg.decoder[2].conv1[0]
+    off = build_model(tiny(saliency=False)).seg.decoder[2].conv1[0]
     assert on.in_channels - off.in_channels == 4
 
 
@@ -80,8 +87,10 @@ def test_parameter_groups_partition_the_parameters() -> None:
     assert all(id(p) in cls for p in model.cls.attention.parameters())
 
 
-def test_saliency_is_detached_normalised_and_side_effect_free(images: torch.Tensor) -> None:
-    model = build_model(ModelConfig())
+def test_saliency_is_detached_normalised_and_side_effect_free(
+    images: torch.Tensor, tiny: TinyConfig
+) -> None:
+    model = build_model(tiny())
     stats = {
         k: v.clone()
         for k, v in model.cls.state_dict().items()
@@ -99,8 +108,8 @@ def test_saliency_is_detached_normalised_and_side_effect_free(images: torch.Tens
             torch.testing.assert_close(v, stats[k], msg=k)
 
 
-def test_saliency_matches_its_definition(images: torch.Tensor) -> None:
-    model = build_model(ModelConfig()).eval()
+def test_saliency_matches_its_definition(images: torch.Tensor, tiny: TinyConfig) -> None:
+    model = build_model(tiny()).eval()
     x = images.clone().requires_grad_(True)
     model.cls(x).logits.amax(dim=1).sum().backward()
     raw = x.grad.abs().amax(dim=1, keepdim=True)
@@ -113,8 +122,8 @@ def _grad_norm(module: torch.nn.Module) -> float:
 
 
 @pytest.mark.parametrize("detach", [True, False])
-def test_gradient_junctions(images: torch.Tensor, detach: bool) -> None:
-    model = build_model(ModelConfig(detach_seg_features=detach))
+def test_gradient_junctions(images: torch.Tensor, tiny: TinyConfig, detach: bool) -> None:
+    model = build_model(tiny(detach_seg_features=detach))
     sal = model.saliency(images)
     seg = model.forward_seg(images, saliency=sal)
     cls = model.forward_cls(images, seg_features=seg.features)
@@ -129,8 +138,8 @@ def test_gradient_junctions(images: torch.Tensor, detach: bool) -> None:
     assert _grad_norm(model.cls) == 0
 
 
-def test_forward_dispatches_by_mode(images: torch.Tensor) -> None:
-    model = build_model(ModelConfig()).eval()
+def test_forward_dispatches_by_mode(images: torch.Tensor, tiny: TinyConfig) -> None:
+    model = build_model(tiny()).eval()
     sal = model(images, mode="saliency")
     seg = model(images, mode="seg", saliency=sal)
     cls = model(images, mode="cls", seg_features=seg.features)
@@ -139,8 +148,8 @@ def test_forward_dispatches_by_mode(images: torch.Tensor) -> None:
         model(images, mode="both")
 
 
-def test_input_errors(images: torch.Tensor) -> None:
-    model = build_model(ModelConfig())
+def test_input_errors(images: torch.Tensor, tiny: TinyConfig) -> None:
+    model = build_model(tiny())
     with pytest.raises(ValueError, match="divisible by 32"):
         model.forward_cls(torch.randn(2, 3, 48, 64))
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
@@ -149,7 +158,7 @@ def test_input_errors(images: torch.Tensor) -> None:
         model.forward_seg(images)  # cfg.saliency=True needs the map
     with pytest.raises(ValueError, match="seg_features must have shapes"):
         model.forward_cls(images, seg_features=[torch.randn(4, 1, 8, 8)] * 4)
-    no_ias = build_model(ModelConfig(attention=False, saliency=False))
+    no_ias = build_model(tiny(attention=False, saliency=False))
     with pytest.raises(ValueError, match="cfg.saliency is False"):
         no_ias.forward_seg(images, saliency=torch.zeros(4, 1, 64, 64))
     with pytest.raises(ValueError, match="cfg.attention is False"):
@@ -158,8 +167,8 @@ def test_input_errors(images: torch.Tensor) -> None:
         )
 
 
-def test_a_few_steps_lower_the_supervised_loss(images: torch.Tensor) -> None:
-    model = build_model(ModelConfig(decoder_dropout=0.0))
+def test_a_few_steps_lower_the_supervised_loss(images: torch.Tensor, tiny: TinyConfig) -> None:
+    model = build_model(tiny(decoder_dropout=0.0))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     y = torch.tensor([0, 1, 0, 1])
     mask = (images[:, :1] > 0).long().squeeze(1)  # learnable from the pixels
