@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes.experiments.runner import Matrix, RunSpec, load_result, result_path, run_matrix
-from hermes.experiments.tables import markdown, plot, summarize
+from hermes.experiments.tables import markdown, plot, plot_pseudo, summarize
 from hermes.experiments.variants import VARIANTS, get_variants
 
 
@@ -63,6 +63,8 @@ def write_tables(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: 
     md = matrix.out / "results.md"
     md.write_text(markdown(matrix, results, title))
     plot(matrix, results, matrix.out / "results.png", title)
+    if any(v.name == "hermes" for v in matrix.variants):
+        plot_pseudo(matrix, matrix.out / "pseudo_labels.png", "hermes", f"{title}: Hermes pseudo-labels")
     summary = summarize(matrix, results)
     (matrix.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return md
@@ -75,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         matrix = build_matrix(args)
         if args.tables_only:
-            results = {}
-            for spec in matrix.specs():
-                loaded = load_result(result_path(matrix.out, spec))
-                if loaded is not None:
-                    results[spec] = loaded
+            results = _present(matrix)
         else:
             results = run_matrix(
                 matrix, workers=args.workers,

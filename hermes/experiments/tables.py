@@ -26,6 +26,29 @@ PSEUDO_KEYS = (
     ("pseudo_seg/acc_dropped_unlabeled", "seg acc dropped"),
 )
 
+LOSS_TERMS = (
+    ("loss/ce_l", "", "CE_l"),
+    ("loss/ce_u", "ce_u", "w CE_u"),
+    ("loss/contrast_img", "contrast_img", "w L_con_img"),
+    ("loss/seg_sup", "", "L_seg_sup"),
+    ("loss/dice_u", "dice_u", "w Dice_u"),
+    ("loss/contrast_pix", "contrast_pix", "w L_con_pix"),
+    ("loss/itc", "itc", "lambda L_itc"),
+)
+
+
+def _weighted(result: dict[str, Any], key: str, weight: str) -> float:
+    """A loss term at the end of training times its weight in the total (``itc``: times
+    ``lambda(t)`` too), from a result's ``end_of_training`` means and its configuration."""
+    end = result.get("end_of_training", {})
+    value = float(end.get(key, math.nan))
+    if not weight:
+        return value
+    factor = float(result.get("config", {}).get("method", {}).get("weights", {}).get(weight, math.nan))
+    if weight == "itc":
+        factor *= float(end.get("schedule/lambda", math.nan))
+    return value * factor
+
 
 def mean_std(values: list[float]) -> tuple[float, float, int]:
     """Mean, sample standard deviation (NaN for fewer than two values) and count of the finite
@@ -136,6 +159,19 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
                 mean, _, n = mean_std(vals)
                 cells.append(f"{mean * 100:.1f}" if n else "-")
         lines.append(_row(v.label, cells))
+    lines += ["", "## Loss balance at the end of training (last quarter of the steps, weighted "
+              "terms as they enter the total, mean over seeds)", ""]  # fmt: skip
+    lhead = [f"{label} ({b})" for b in matrix.budgets for _, _, label in LOSS_TERMS]
+    lines += [_row("method", lhead), "|" + "---|" * (len(lhead) + 1)]
+    for v in matrix.variants:
+        cells = []
+        for b in matrix.budgets:
+            runs = list(table.get(v.name, {}).get(b, {}).values())
+            for key, weight, _ in LOSS_TERMS:
+                vals = [_weighted(r, key, weight) for r in runs]
+                mean, _, n = mean_std(vals)
+                cells.append(f"{mean:.3f}" if n else "-")
+        lines.append(_row(v.label, cells))
     seconds = [r.get("seconds", math.nan) for r in results.values()]
     mean, _, n = mean_std(seconds)
     if n:
@@ -176,5 +212,65 @@ def plot(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], path: Path, tit
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_pseudo(matrix: Matrix, path: Path, variant: str = "hermes", title: str = "") -> Path | None:
+    """Pseudo-label trajectories of ``variant`` (mean over seeds, per budget): thresholds, kept
+    fraction and accuracy of kept vs dropped pseudo-labels on the unlabeled stream, for the
+    classification (per image) and segmentation (per pixel) tasks. Reads each run's
+    ``history.json``; returns ``None`` when there is none."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hermes.experiments.runner import run_dir
+    from hermes.experiments.variants import VARIANTS
+
+    panels = [
+        ("cls", ("threshold_0", "threshold_1", "kept_unlabeled", "acc_kept_unlabeled",
+                 "acc_dropped_unlabeled")),
+        ("seg", ("threshold_0", "threshold_1", "kept_unlabeled", "acc_kept_unlabeled",
+                 "acc_dropped_unlabeled")),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(len(matrix.budgets), 2, figsize=(11, 3.2 * len(matrix.budgets)),
+                             squeeze=False)  # fmt: skip
+    found = False
+    for i, b in enumerate(matrix.budgets):
+        histories = []
+        for s in matrix.seeds:
+            f = run_dir(matrix.out, RunSpec(VARIANTS[variant], b, s)) / "history.json"
+            if f.is_file():
+                histories.append(json.loads(f.read_text()))
+        for j, (task, names) in enumerate(panels):
+            ax = axes[i][j]
+            ax.set_title(f"{task}, {b} labeled ({len(histories)} seeds)", fontsize=9)
+            if not histories:
+                continue
+            found = True
+            steps = min(len(h) for h in histories)
+            for name in names:
+                key = f"pseudo_{task}/{name}"
+                ys = []
+                for k in range(steps):
+                    vals = [h[k].get(key, math.nan) for h in histories]
+                    ys.append(mean_std(vals)[0])
+                ax.plot(range(steps), ys, label=name)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    if not found:
+        plt.close(fig)
+        return None
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
