@@ -85,6 +85,10 @@ class MethodConfig:
             (BatchNorm sees both views together); ``False`` runs two forward passes.
         unlabeled_truth_stats: log the pseudo-label accuracy against the unlabeled stream's true
             labels/masks when the batches carry them (monitoring only; never trained on).
+        freeze_bn_unlabeled: the unlabeled passes normalise with their batch statistics but do
+            not update BatchNorm's running statistics, so that these (used at test time) come
+            from the labeled pass alone, the same path (with attention) as at test time. Not in
+            METHOD.md; off in the paper preset (see the project report for when it matters).
     """
 
     mode: str = "hermes"
@@ -103,6 +107,7 @@ class MethodConfig:
     detach_junctions: bool = True
     concat_views: bool = True
     unlabeled_truth_stats: bool = True
+    freeze_bn_unlabeled: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
 

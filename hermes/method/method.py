@@ -18,8 +18,10 @@ samples and contrasts anchors per rank (its value is the mean of the ranks' loss
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +69,24 @@ def _take(value: Any, rows: slice) -> Any:
     if isinstance(value, (list, tuple)):
         return [v[rows] for v in value]
     return value
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside, train-mode BatchNorm layers of ``module`` normalise with batch statistics but leave
+    their running statistics and ``num_batches_tracked`` unchanged."""
+    saved = []
+    if enabled:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+                m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 class HermesMethod(nn.Module):
@@ -211,6 +231,10 @@ class HermesMethod(nn.Module):
 
     def _unlabeled_forward(self, weak: Tensor, strong: Tensor) -> tuple[_Views, _Views]:
         """Both branches on both views (no attention on unlabeled passes, as the public code)."""
+        with frozen_bn_statistics(self.model, self.cfg.freeze_bn_unlabeled):
+            return self._unlabeled_views(weak, strong)
+
+    def _unlabeled_views(self, weak: Tensor, strong: Tensor) -> tuple[_Views, _Views]:
         if self.cfg.concat_views:
             b = weak.shape[0]
             xu = torch.cat([weak, strong], dim=0)

@@ -172,3 +172,19 @@ def test_bad_method_config_names_the_field() -> None:
         MethodConfig(mode="semi")
     with pytest.raises(ValueError, match="method.weights.itc"):
         LossWeights(itc=-1.0)
+
+
+def test_freeze_bn_unlabeled_keeps_running_stats_of_the_labeled_pass() -> None:
+    labeled, unlabeled = batches()
+
+    def buffers(cfg: MethodConfig, unl) -> dict[str, torch.Tensor]:
+        method = HermesMethod(tiny_model(), cfg)
+        torch.manual_seed(1)
+        method(labeled, unl, step=0, total_steps=10)
+        return {k: v.clone() for k, v in method.model.named_buffers() if "running" in k}
+
+    reference = buffers(MethodConfig(mode="supervised"), None)
+    frozen = buffers(easy_cfg(freeze_bn_unlabeled=True), unlabeled)
+    updated = buffers(easy_cfg(), unlabeled)
+    assert all(torch.equal(reference[k], frozen[k]) for k in reference)
+    assert not all(torch.equal(reference[k], updated[k]) for k in reference)
