@@ -93,18 +93,22 @@ class ClassificationBranch(nn.Module):
     def forward(self, x: Tensor, seg_features: list[Tensor] | None = None) -> ClsOutput:
         """Shapes: x (B, 3, H, W); seg_features four (B, C_i, H/2^(i+1), W/2^(i+1)) or None
         (no attention). Detaching them, when configured, is the caller's job."""
+        pooled = self.pooled_features(x, seg_features)
+        return ClsOutput(
+            logits=self.classifier(pooled),
+            projection=self.projection_head(pooled),
+            consistency=self.consistency_head(pooled),
+        )
+
+    def pooled_features(self, x: Tensor, seg_features: list[Tensor] | None = None) -> Tensor:
+        """The encoder with optional attention, globally pooled. Shapes: -> (B, num_features)."""
         e = self.encoder
         h = e.act1(e.bn1(e.conv1(x)))
         h = self._attend(0, h, seg_features)
         h = self._attend(1, e.layer1(e.maxpool(h)), seg_features)
         h = self._attend(2, e.layer2(h), seg_features)
         h = self._attend(3, e.layer3(h), seg_features)
-        pooled = e.global_pool(e.layer4(h))
-        return ClsOutput(
-            logits=self.classifier(pooled),
-            projection=self.projection_head(pooled),
-            consistency=self.consistency_head(pooled),
-        )
+        return e.global_pool(e.layer4(h))
 
     def _attend(self, depth: int, h: Tensor, seg_features: list[Tensor] | None) -> Tensor:
         if seg_features is None:

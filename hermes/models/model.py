@@ -70,7 +70,7 @@ class HermesModel(nn.Module):
         _check_images(x, "HermesModel.saliency")
         with torch.enable_grad(), _frozen_batchnorm_stats(self.cls):
             x_in = x.detach().requires_grad_(True)
-            logits = self.cls(x_in).logits
+            logits = self.cls.classifier(self.cls.pooled_features(x_in))  # no heads needed
             (grad,) = torch.autograd.grad(
                 logits.float().amax(dim=1).sum(), x_in, create_graph=False
             )

@@ -183,3 +183,21 @@ def test_a_few_steps_lower_the_supervised_loss(images: torch.Tensor, tiny: TinyC
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_bfloat16_autocast(images: torch.Tensor, tiny: TinyConfig) -> None:
+    model = build_model(tiny())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sal = model.saliency(images)
+        seg = model.forward_seg(images, saliency=sal)
+        cls = model.forward_cls(images, seg_features=seg.features)
+        loss = seg.logits.float().mean() + cls.logits.float().mean()
+    loss.backward()
+    assert sal.dtype == torch.float32 and 0 <= sal.min() and sal.max() <= 1
+    assert torch.isfinite(cls.logits.float()).all() and torch.isfinite(seg.logits.float()).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_saliency_of_a_single_image_in_train_mode(tiny: TinyConfig) -> None:
+    sal = build_model(tiny()).train().saliency(torch.randn(1, 3, 64, 64))
+    assert sal.shape == (1, 1, 64, 64)
