@@ -9,7 +9,9 @@ Two presets fill every field left at ``None``:
   classification ResNet-18 at the same widths and stem; 128 px. Same structure, sized to train
   on a CPU in minutes.
 
-Fields given explicitly override the preset.
+Fields given explicitly override the preset. The filled values are stored in the instance, so
+``dataclasses.asdict(cfg)`` round-trips, but ``dataclasses.replace(cfg, preset=...)`` keeps the
+old preset's values: build a new ``ModelConfig`` to change preset.
 """
 
 from __future__ import annotations
@@ -119,8 +121,8 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
             )
-        # Presets fill what was not given. seg_widths/seg_stem_width may legitimately be None
-        # (timm's own widths), so they follow the preset only with the encoder it names.
+        # Presets fill what was not given. The seg encoder's width/stem arguments may
+        # legitimately be None (timm's own), so they follow the preset only with its encoder.
         preset = PRESETS[self.preset]
         own_seg_encoder = self.seg_encoder is not None and self.seg_encoder != preset["seg_encoder"]
         for name, value in preset.items():
