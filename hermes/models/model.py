@@ -68,8 +68,13 @@ class HermesModel(nn.Module):
         if not self.cfg.saliency:
             return None
         _check_images(x, "HermesModel.saliency")
-        with torch.enable_grad(), _frozen_batchnorm_stats(self.cls):
-            x_in = x.detach().requires_grad_(True)
+        # Also under torch.inference_mode (evaluation): the clone is an ordinary tensor.
+        with (
+            torch.inference_mode(False),
+            torch.enable_grad(),
+            _frozen_batchnorm_stats(self.cls),
+        ):
+            x_in = x.detach().clone().requires_grad_(True)
             logits = self.cls.classifier(self.cls.pooled_features(x_in))  # no heads needed
             (grad,) = torch.autograd.grad(
                 logits.float().amax(dim=1).sum(), x_in, create_graph=False

@@ -201,3 +201,13 @@ def test_bfloat16_autocast(images: torch.Tensor, tiny: TinyConfig) -> None:
 def test_saliency_of_a_single_image_in_train_mode(tiny: TinyConfig) -> None:
     sal = build_model(tiny()).train().saliency(torch.randn(1, 3, 64, 64))
     assert sal.shape == (1, 1, 64, 64)
+
+
+def test_saliency_under_inference_mode(images: torch.Tensor, tiny: TinyConfig) -> None:
+    model = build_model(tiny()).eval()
+    expected = model.saliency(images)
+    with torch.inference_mode():
+        sal = model.saliency(images)
+        seg = model.forward_seg(images, saliency=sal)
+    torch.testing.assert_close(sal, expected)
+    assert seg.logits.shape == (B, 2, H, H)
