@@ -101,10 +101,10 @@ def train_on_ray(
 
 def _finish(cfg: TrainConfig, out: Path, model_path: Path, start: float, report: bool) -> Any:
     """Evaluate the consolidated weights on the driver and write the report."""
-    from hermes.train.loop import RunResult, TrainState
     from hermes.data import build_data
     from hermes.eval.evaluate import evaluate
     from hermes.train.checkpoint import load_checkpoint, load_model
+    from hermes.train.loop import RunResult, TrainState
     from hermes.train.report import write_run_report
 
     ckpt = load_checkpoint(model_path)
