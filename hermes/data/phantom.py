@@ -49,7 +49,7 @@ from scipy import ndimage
 logger = logging.getLogger(__name__)
 
 # Bump when the generator changes, so that cached datasets are regenerated.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 CLASSES = ("benign", "malignant")
 
 
@@ -117,8 +117,8 @@ def _uniform_or_mid(rng: np.random.Generator, low: float, high: float) -> float:
 def draw_lesion(rng: np.random.Generator, malignant: bool, n: int) -> LesionParams:
     """Draw the lesion of one image of side ``n`` (distributions calibrated against BUSI)."""
     if malignant:
-        area = float(np.clip(np.exp(rng.normal(np.log(0.14), 0.8)), 0.012, 0.35))
-        aspect = float(np.exp(rng.normal(np.log(1.35), 0.3)))  # often taller than wide
+        area = float(np.clip(np.exp(rng.normal(np.log(0.11), 0.8)), 0.012, 0.35))
+        aspect = float(np.exp(rng.normal(np.log(1.35), 0.3)))  # tilted: ~25% taller than wide
         tilt = float(rng.normal(0.0, 0.35))
         n_harm = int(rng.integers(3, 7))
         harmonics = tuple(
