@@ -35,6 +35,7 @@ import torch
 logger = logging.getLogger("hermes.train.distributed")
 
 FAULT_ENV = "HERMES_FAULT_AT"  # "RANK:STEP:MARKER_FILE" (tests)
+REPORTED = ("loss/", "lr/", "pseudo_cls/kept", "pseudo_seg/kept")
 
 
 class InjectedFault(RuntimeError):
@@ -195,7 +196,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "step %d/%d loss %.4f (%.2f steps/s, %d workers)",
                     step, total, values.get("loss/total", float("nan")), rate, world,
                 )  # fmt: skip
-        metrics = {"step": step, **values}
+        # to Ray: losses, learning rates and kept fractions (the checkpoint holds everything)
+        metrics = {"step": step, **{k: v for k, v in values.items() if k.startswith(REPORTED)}}
         if (every and step % every == 0) or step == end:
             save(metrics)
         elif (step - 1) % cfg.log_every == 0:
