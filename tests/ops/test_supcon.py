@@ -221,3 +221,25 @@ def test_triton_memory_is_linear_in_n():
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - base
     assert peak < 16 * n * d * 4, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("pos_plus_neg", [False, True], ids=["all", "pos_plus_neg"])
+def test_kernels_compile_for_h100(sm90_compiler, dtype, pos_plus_neg):
+    """The three kernels build for sm_90 on the tensor-core path, within shared memory."""
+    from hermes.kernels import supcon as K
+
+    rows = {"a_ptr": f"*{dtype}", "ya_ptr": "*i64", "b_ptr": f"*{dtype}", "yb_ptr": "*i64",
+            "lse_ptr": "*fp32", "N": "i32", "M": "i32", "D": "i32", "inv_t": "fp32",
+            "self_offset": "i32"}
+    fwd = {**rows, "sp_ptr": "*fp32", "sig_ptr": "*fp32"}
+    bwd = {**rows, "c_ptr": "*fp32", "g_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32"}
+    block_n, block_m, block_d = K.block_sizes(128)
+    const = dict(HAS_SELF=True, POS_PLUS_NEG=pos_plus_neg, F32_DOT=False,
+                 BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d)
+    for kernel, sig in ((K.supcon_fwd_kernel, fwd), (K.supcon_bwd_anchor_kernel, bwd),
+                        (K.supcon_bwd_contrast_kernel, bwd)):
+        sig = {k: v for k, v in sig.items() if k in kernel.arg_names}
+        compiled = sm90_compiler("hermes.kernels.supcon", kernel.__name__, sig, const)
+        assert 0 < compiled["shared"] <= 227 * 1024
