@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test lint benchmark clean
+.PHONY: setup train test cuda-check lint benchmark clean
 
 $(VENV)/.deps: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,22 @@ setup: $(VENV)/.deps
 train: setup
 	$(PY) -m hermes.train $(ARGS)
 
-test: setup
+test: setup cuda-check
 	$(PY) -m pytest tests -q $(ARGS)
+
+# Compile check of hermes._C's CUDA kernels (no GPU needed): builds the extension with its CUDA
+# part into build/cuda-check (ninja, incremental) and fails when the CUDA sources do not compile.
+# Skipped, saying so, where there is no CUDA toolkit. `make setup` builds the CPU part only,
+# unless a GPU is visible (then `pip install -e .` builds both).
+CUDA_HOME ?= $(lastword $(sort $(wildcard /usr/local/cuda-*)))
+cuda-check: setup
+	@if [ -z "$(CUDA_HOME)" ] || [ ! -x "$(CUDA_HOME)/bin/nvcc" ]; then \
+		echo "cuda-check: skipped, no CUDA toolkit (set CUDA_HOME)"; \
+	else \
+		echo "cuda-check: compiling the CUDA kernels with $(CUDA_HOME) into build/cuda-check"; \
+		CUDA_HOME=$(CUDA_HOME) HERMES_CUDA=1 $(PY) setup.py -q build_ext \
+			--build-temp build/cuda-check/temp --build-lib build/cuda-check/lib; \
+	fi
 
 lint: setup
 	$(VENV)/bin/ruff check hermes kernels tests benchmarks

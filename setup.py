@@ -57,12 +57,21 @@ def _cuda_wheel_dirs() -> tuple[list[str], list[str]]:
 
 
 def _want_cuda(torch) -> bool:
+    """Whether to build the CUDA part. ``HERMES_CUDA=1`` (the compile check) makes a missing
+    toolkit or a CPU-only torch an error instead of a silent CPU-only build."""
     from torch.utils import cpp_extension
 
-    if _flag("HERMES_NO_CUDA") or torch.version.cuda is None:
+    if _flag("HERMES_NO_CUDA"):
         return False
     home = cpp_extension.CUDA_HOME
+    missing = []
+    if torch.version.cuda is None:
+        missing.append(f"torch {torch.__version__} is not a CUDA build")
     if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        missing.append(f"no CUDA toolkit with bin/nvcc (CUDA_HOME={home})")
+    if missing:
+        if _flag("HERMES_CUDA"):
+            raise RuntimeError("HERMES_CUDA=1 but the CUDA part cannot be built: " + "; ".join(missing))
         return False
     return _flag("HERMES_CUDA") or torch.cuda.is_available()
 
@@ -102,8 +111,18 @@ def extensions() -> tuple[list, dict]:
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=["-fopenmp"],
         )
-    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
-    return [ext], {"build_ext": build_ext}
+    base = cpp_extension.BuildExtension.with_options(use_ninja=True)
+
+    class BuildExt(base):
+        """Keeps the object files in build/ext-temp when the caller (pip's editable install)
+        would put them in a fresh temporary folder, so that `make setup` rebuilds incrementally."""
+
+        def finalize_options(self) -> None:
+            super().finalize_options()
+            if not os.path.abspath(self.build_temp).startswith(ROOT + os.sep):
+                self.build_temp = os.path.join(ROOT, "build", "ext-temp")
+
+    return [ext], {"build_ext": BuildExt}
 
 
 ext_modules, cmdclass = extensions()

@@ -1,0 +1,256 @@
+// Inter-task attention on CUDA, two kernels each way (one thread per pixel, the channel loop
+// reading coalesced across pixels); same math as csrc/inter_task_attention/inter_task_attention_cpu.cpp:
+//   forward  1: pooled = [max_C, mean_C](g x)
+//            2: a = sigmoid(conv_kxk(pooled) + bias), y = a g x
+//   backward 1: dz = (sum_C dy g x) a (1 - a), ties of the max
+//            2: d pooled (transposed conv of dz), d weight / d bias (warp sums + atomics),
+//               dx = dc g and d gate (warp sums + atomics) with
+//               dc = dy a + [g x == max] d max / #ties + d mean / C.
+// Any float dtype; arithmetic in its op-math type (fp32 for fp16/bf16).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "../cuda_common.cuh"
+
+namespace hermes {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+struct Dims {
+  int64_t b, c, h, w, hw, k, r;
+};
+
+template <typename scalar_t>
+__global__ void pool_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ g,
+                            Dims s, scalar_t* __restrict__ pooled) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= s.b * s.hw) return;
+  const int64_t b = e / s.hw, p = e % s.hw;
+  acc_t mx = -INFINITY, sum = 0;
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    const acc_t v = static_cast<acc_t>(static_cast<scalar_t>(g[b * s.c + ch] * x[(b * s.c + ch) * s.hw + p]));
+    mx = (v > mx || v != v) ? v : mx;
+    sum += v;
+  }
+  pooled[(b * 2) * s.hw + p] = static_cast<scalar_t>(mx);
+  pooled[(b * 2 + 1) * s.hw + p] = static_cast<scalar_t>(sum / static_cast<acc_t>(s.c));
+}
+
+template <typename scalar_t>
+__global__ void apply_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ g,
+                             const scalar_t* __restrict__ pooled, const scalar_t* __restrict__ w,
+                             const scalar_t* __restrict__ bias, Dims s, scalar_t* __restrict__ y,
+                             scalar_t* __restrict__ attn) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= s.b * s.hw) return;
+  const int64_t b = e / s.hw, p = e % s.hw, i = p / s.w, j = p % s.w;
+  acc_t z = static_cast<acc_t>(bias[0]);
+  for (int64_t ch = 0; ch < 2; ++ch) {
+    const scalar_t* map = pooled + (b * 2 + ch) * s.hw;
+    for (int64_t u = 0; u < s.k; ++u) {
+      const int64_t ii = i + u - s.r;
+      if (ii < 0 || ii >= s.h) continue;
+      for (int64_t v = 0; v < s.k; ++v) {
+        const int64_t jj = j + v - s.r;
+        if (jj < 0 || jj >= s.w) continue;
+        z += static_cast<acc_t>(w[(ch * s.k + u) * s.k + v]) * static_cast<acc_t>(map[ii * s.w + jj]);
+      }
+    }
+  }
+  const scalar_t a = static_cast<scalar_t>(acc_t(1) / (acc_t(1) + exp(-z)));
+  attn[e] = a;
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    const int64_t idx = (b * s.c + ch) * s.hw + p;
+    y[idx] = a * static_cast<scalar_t>(g[b * s.c + ch] * x[idx]);
+  }
+}
+
+template <typename scalar_t>
+__global__ void dz_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
+                          const scalar_t* __restrict__ g, const scalar_t* __restrict__ pooled,
+                          const scalar_t* __restrict__ attn, Dims s, float* __restrict__ dz,
+                          float* __restrict__ ties) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e >= s.b * s.hw) return;
+  const int64_t b = e / s.hw, p = e % s.hw;
+  const scalar_t mx = pooled[(b * 2) * s.hw + p];
+  acc_t da = 0, t = 0;
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    const int64_t idx = (b * s.c + ch) * s.hw + p;
+    const scalar_t v = g[b * s.c + ch] * x[idx];
+    da += static_cast<acc_t>(dy[idx]) * static_cast<acc_t>(v);
+    t += v == mx ? acc_t(1) : acc_t(0);
+  }
+  const acc_t a = static_cast<acc_t>(attn[e]);
+  dz[e] = static_cast<float>(da * a * (acc_t(1) - a));
+  ties[e] = static_cast<float>(t);
+}
+
+// d pooled (gather form of the transposed conv), d weight and d bias, d x and d gate.
+template <typename scalar_t>
+__global__ void grad_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
+                            const scalar_t* __restrict__ g, const scalar_t* __restrict__ w,
+                            const scalar_t* __restrict__ pooled, const scalar_t* __restrict__ attn,
+                            const float* __restrict__ dz, const float* __restrict__ ties, Dims s,
+                            scalar_t* __restrict__ dx, float* __restrict__ dgate,
+                            float* __restrict__ dweight) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const bool live = e < s.b * s.hw;
+  const int64_t b = live ? e / s.hw : 0, p = live ? e % s.hw : 0, i = p / s.w, j = p % s.w;
+  float dpool[2] = {0.f, 0.f};
+  // d weight[ch, u, v] += dz[i, j] * pooled[ch, i + u - r, j + v - r]; d bias += dz[i, j].
+  const float dzp = live ? dz[e] : 0.f;
+  for (int64_t ch = 0; ch < 2; ++ch) {
+    const scalar_t* map = pooled + (b * 2 + ch) * s.hw;
+    for (int64_t u = 0; u < s.k; ++u) {
+      for (int64_t v = 0; v < s.k; ++v) {
+        const float wv = static_cast<float>(w[(ch * s.k + u) * s.k + v]);
+        float contrib = 0.f;
+        const int64_t ii = i + u - s.r, jj = j + v - s.r;
+        if (live && ii >= 0 && ii < s.h && jj >= 0 && jj < s.w) {
+          contrib = dzp * static_cast<float>(map[ii * s.w + jj]);
+        }
+        // this pixel as an input of the conv: output (i - u + r, j - v + r)
+        const int64_t oi = i - u + s.r, oj = j - v + s.r;
+        if (live && oi >= 0 && oi < s.h && oj >= 0 && oj < s.w) {
+          dpool[ch] += wv * dz[b * s.hw + oi * s.w + oj];
+        }
+        contrib = warp_sum(contrib);
+        if (threadIdx.x % kWarp == 0 && contrib != 0.f) {
+          atomicAdd(dweight + (ch * s.k + u) * s.k + v, contrib);
+        }
+      }
+    }
+  }
+  const float bias_part = warp_sum(dzp);
+  if (threadIdx.x % kWarp == 0 && bias_part != 0.f) atomicAdd(dweight + 2 * s.k * s.k, bias_part);
+  if (!live) return;
+  const scalar_t mx = pooled[(b * 2) * s.hw + p];
+  const acc_t a = static_cast<acc_t>(attn[e]);
+  const acc_t dmax = ties[e] > 0 ? dpool[0] / ties[e] : 0.f;
+  const acc_t dmean = dpool[1] / static_cast<acc_t>(s.c);
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    const int64_t idx = (b * s.c + ch) * s.hw + p;
+    const acc_t gc = static_cast<acc_t>(g[b * s.c + ch]);
+    const scalar_t v = g[b * s.c + ch] * x[idx];
+    const acc_t dc = static_cast<acc_t>(dy[idx]) * a + (v == mx ? dmax : acc_t(0)) + dmean;
+    dx[idx] = static_cast<scalar_t>(dc * gc);
+    atomicAdd(dgate + b * s.c + ch, static_cast<float>(dc * static_cast<acc_t>(x[idx])));
+  }
+}
+
+Dims check(const char* fn, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight) {
+  HERMES_CHECK_CUDA(x);
+  TORCH_CHECK(x.dim() == 4, fn, ": x must be (B, C, H, W), got shape ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), fn, ": x must be floating point, got ",
+              x.scalar_type());
+  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == x.size(0) && gate.size(1) == x.size(1), fn,
+              ": gate must be (", x.size(0), ", ", x.size(1), "), got shape ", gate.sizes());
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == 1 && weight.size(1) == 2 &&
+                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
+              fn, ": weight must be (1, 2, k, k) with k odd, got shape ", weight.sizes());
+  for (const at::Tensor* t : {&gate, &weight}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type(), fn, ": gate and weight must have x's dtype ",
+                x.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == x.device(), fn, ": inputs must be on ", x.device(), ", got ",
+                t->device());
+  }
+  const int64_t k = weight.size(2);
+  return {x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) * x.size(3), k, k / 2};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ita_fwd_cuda(const at::Tensor& x,
+                                                            const at::Tensor& gate,
+                                                            const at::Tensor& weight,
+                                                            const at::Tensor& bias) {
+  const Dims s = check("inter_task_attention_fwd", x, gate, weight);
+  TORCH_CHECK(bias.numel() == 1 && bias.device() == x.device(),
+              "inter_task_attention_fwd: bias must be (1,) on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.detach().contiguous(), gc = gate.detach().contiguous(),
+                   wc = weight.detach().contiguous(),
+                   bc = bias.detach().to(x.scalar_type()).contiguous();
+  at::Tensor y = at::empty_like(xc);
+  at::Tensor pooled = at::empty({s.b, 2, s.h, s.w}, xc.options());
+  at::Tensor attn = at::empty({s.b, s.h, s.w}, xc.options());
+  const int64_t n = s.b * s.hw;
+  if (n == 0 || s.c == 0) return {y, pooled, attn};
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "ita_fwd_cuda", [&] {
+    pool_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+        xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), s, pooled.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    apply_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+        xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), pooled.data_ptr<scalar_t>(),
+        wc.data_ptr<scalar_t>(), bc.data_ptr<scalar_t>(), s, y.data_ptr<scalar_t>(),
+        attn.data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {y, pooled, attn};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ita_bwd_cuda(
+    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gate,
+    const at::Tensor& weight, const at::Tensor& pooled, const at::Tensor& attention) {
+  const Dims s = check("inter_task_attention_bwd", x, gate, weight);
+  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
+                  grad_y.device() == x.device(),
+              "inter_task_attention_bwd: grad_y must match x");
+  TORCH_CHECK(pooled.numel() == s.b * 2 * s.hw && attention.numel() == s.b * s.hw &&
+                  pooled.device() == x.device() && attention.device() == x.device(),
+              "inter_task_attention_bwd: pooled must be (B, 2, H, W) and attention (B, H, W) on ",
+              x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor dy = grad_y.contiguous(), xc = x.detach().contiguous(),
+                   gc = gate.detach().contiguous(), wc = weight.detach().contiguous(),
+                   pc = pooled.contiguous(), ac = attention.contiguous();
+  const auto f32 = xc.options().dtype(at::kFloat);
+  at::Tensor dx = at::empty_like(xc);
+  at::Tensor dgate = at::zeros({s.b, s.c}, f32);
+  at::Tensor dweight = at::zeros({2 * s.k * s.k + 1}, f32);
+  at::Tensor dz = at::empty({s.b, s.hw}, f32);
+  at::Tensor ties = at::empty({s.b, s.hw}, f32);
+  const int64_t n = s.b * s.hw;
+  if (n > 0 && s.c > 0) {
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "ita_bwd_cuda",
+                                    [&] {
+      dz_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+          dy.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
+          pc.data_ptr<scalar_t>(), ac.data_ptr<scalar_t>(), s, dz.data_ptr<float>(),
+          ties.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      grad_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+          dy.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
+          wc.data_ptr<scalar_t>(), pc.data_ptr<scalar_t>(), ac.data_ptr<scalar_t>(),
+          dz.data_ptr<float>(), ties.data_ptr<float>(), s, dx.data_ptr<scalar_t>(),
+          dgate.data_ptr<float>(), dweight.data_ptr<float>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  } else {
+    dx.zero_();
+  }
+  const int64_t kk = 2 * s.k * s.k;
+  return {dx, dgate.to(x.scalar_type()),
+          dweight.narrow(0, 0, kk).reshape({1, 2, s.k, s.k}).to(weight.scalar_type()),
+          dweight.narrow(0, kk, 1).to(weight.scalar_type())};
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(hermes, CUDA, m) {
+  m.impl("inter_task_attention_fwd", &cuda::ita_fwd_cuda);
+  m.impl("inter_task_attention_bwd", &cuda::ita_bwd_cuda);
+}
+
+}  // namespace hermes
