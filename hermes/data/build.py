@@ -105,7 +105,8 @@ def load_records(cfg: DataConfig) -> tuple[list[Record], Path]:
         )
         root = ensure_phantom(pcfg, cfg.cache_dir)
         return read_folder(root, cfg.classes), root
-    assert cfg.root is not None  # checked in DataConfig.__post_init__
+    if not cfg.root:
+        raise ValueError(f"DataConfig.root is required for dataset {cfg.dataset!r}")
     root = Path(cfg.root).expanduser()
     return read_dataset(cfg.dataset, root, cfg.classes), root
 
