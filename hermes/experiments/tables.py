@@ -132,6 +132,15 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
         for v in matrix.variants:
             cells = [_cell(list(_metric(table, v.name, b, metric).values())) for b in matrix.budgets]
             lines.append(_row(v.label, cells))
+        shead = [f"{b}, seed {s}" for b in matrix.budgets for s in matrix.seeds]
+        lines += ["", f"Per seed ({caption.split(': ')[1]}):", "", _row("method", shead),
+                  "|" + "---|" * (len(shead) + 1)]  # fmt: skip
+        for v in matrix.variants:
+            cells = []
+            for b in matrix.budgets:
+                values = _metric(table, v.name, b, metric)
+                cells += [f"{values[s] * 100:.2f}" if s in values else "-" for s in matrix.seeds]
+            lines.append(_row(v.label, cells))
         if any(v.name == "supervised" for v in matrix.variants):
             lines += ["", f"Gain over supervised-only ({caption.split(': ')[1]}, paired by seed):",
                       "", _row("method", head), sep]  # fmt: skip
