@@ -120,8 +120,13 @@ def requested_backend(op: str, backend: str | None) -> str | None:
 
 
 def select(op: str, backend: str | None, device: torch.device, inputs: dict[str, Any]) -> Implementation:
-    """Pick the implementation of ``op`` for ``inputs`` (see the module docstring)."""
-    load_backends()
+    """Pick the implementation of ``op`` for ``inputs`` (see the module docstring).
+
+    Under ``torch.compile`` the backend modules are not imported (Dynamo cannot trace an
+    import): call :func:`load_backends` before compiling, as the trainer does.
+    """
+    if not torch.compiler.is_compiling():
+        load_backends()
     forced = requested_backend(op, backend)
     if forced is not None:
         reasons = _reasons(op, forced, inputs)

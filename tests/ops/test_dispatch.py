@@ -181,3 +181,18 @@ def test_info_shows_triton_available():
     for op in dispatch.OPS:
         row = next(line for line in lines if line.startswith(op))
         assert row.split()[column] == "ok", row
+
+
+def test_public_op_compiles_fullgraph_after_load_backends():
+    """Dynamo cannot trace the lazy backend import: load first, then compile the public op."""
+    import torch
+
+    from hermes.ops import dispatch, supcon_loss
+
+    dispatch.load_backends()
+    a = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    compiled = torch.compile(
+        lambda f, lab: supcon_loss(f, lab, backend="torch"), fullgraph=True, backend="aot_eager"
+    )
+    torch.testing.assert_close(compiled(a, y), supcon_loss(a, y, backend="torch"))
