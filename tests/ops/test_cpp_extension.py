@@ -289,3 +289,20 @@ def test_supcon_peak_memory_is_linear_in_n(cb):
     )
     growth_mib = int(out.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
     assert growth_mib < 64, f"peak RSS grew by {growth_mib:.0f} MiB"
+
+
+def test_automatic_choice_on_cpu_follows_the_measured_rule(cb, monkeypatch):
+    for var in ("HERMES_BACKEND", "HERMES_BACKEND_SUPCON_LOSS"):
+        monkeypatch.delenv(var, raising=False)
+
+    def chosen(n: int) -> str:
+        a, y = _features(n, 4), _labels(n, 3)
+        inputs = dict(anchors=a, labels=y, contrasts=None, contrast_labels=None)
+        return dispatch.select("supcon_loss", None, a.device, inputs).backend
+
+    small = int(cb._SUPCON_CPU_MIN_PAIRS**0.5) - 1
+    assert chosen(small) == "torch"
+    assert chosen(small + 2) == "cpp"
+    # forcing still works below the threshold
+    assert dispatch.select("supcon_loss", "cpp", torch.device("cpu"), dict(
+        anchors=_features(4, 4), labels=_labels(4, 2))).backend == "cpp"
