@@ -29,9 +29,12 @@ CONFIG_DIR = Path(__file__).resolve().parents[3] / "cluster" / "deepspeed"
 
 
 def resolve_deepspeed_config(path: str | None) -> Path:
-    """A DeepSpeed JSON path as given, or a bare name of ``cluster/deepspeed/`` (``zero2``)."""
+    """A DeepSpeed JSON path as given, or a bare name of ``cluster/deepspeed/``; ``None``:
+    ``zero1``, whose gradient reduction runs in a fixed parameter order after the backward pass.
+    ZeRO-2/3 reduce in the order gradients become ready, which must then be the same on every
+    rank (the same backward graph everywhere)."""
     if path is None:
-        path = "zero2"
+        path = "zero1"
     p = Path(path)
     if not p.suffix and not p.exists():
         p = CONFIG_DIR / f"{path}.json"

@@ -34,8 +34,9 @@ def _ray_init(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    # In a job (`ray job submit`) RAY_ADDRESS names the cluster; else a local Ray is started.
-    ray.init(address=address, log_to_driver=True)
+    # In a job (`ray job submit`) RAY_ADDRESS names the cluster; otherwise a private local Ray
+    # is started ("local"), never a stray cluster that happens to run on the machine.
+    ray.init(address=address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=True)
 
 
 def train_on_ray(
