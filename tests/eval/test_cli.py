@@ -83,3 +83,9 @@ def test_predict_cli(trained: Path, tmp_path: Path) -> None:
     for stem, (h, w) in sizes.items():
         mask = np.array(Image.open(out / f"{stem}_pred.png"))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_train_cli_resume_of_a_finished_run(trained: Path, capsys: pytest.CaptureFixture) -> None:
+    # the checkpoint's own configuration is used; a finished run is only re-evaluated
+    assert train_main(["--resume", str(trained / "hermes" / "last.pt")]) == 0
+    assert "dice_lesion" in capsys.readouterr().out
