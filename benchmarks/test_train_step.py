@@ -214,7 +214,7 @@ def test_train_step(
     try:
         seconds = harness.run_case(
             benchmark, call, group=f"train step {shape.id} batch {BATCH}+{BATCH}", dev=dev,
-            budget_s=0.0, max_rounds=2, warmup=False,  # the loop above made the first step
+            budget_s=0.0, max_rounds=1, warmup=False,  # the loop above made the first step
             extra=dict(op="train_step", backend=variant, mode="fwd+bwd+step", shape=shape.id,
                        preset=shape.preset, image=shape.image, batch=f"{BATCH}+{BATCH}",
                        dtype=harness.dtype_name(dtype), op_backends=backends,
