@@ -85,9 +85,7 @@ class MetricAccumulator:
         self.probs: list[Tensor] = []
         self.labels: list[Tensor] = []
 
-    def update(
-        self, seg_logits: Tensor, masks: Tensor, cls_logits: Tensor, labels: Tensor
-    ) -> None:
+    def update(self, seg_logits: Tensor, masks: Tensor, cls_logits: Tensor, labels: Tensor) -> None:
         """Shapes: seg_logits (B, K, H, W), masks (B, H, W), cls_logits (B, C), labels (B,)."""
         pred = seg_logits.argmax(1).cpu()
         masks = masks.cpu()

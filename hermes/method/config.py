@@ -58,7 +58,12 @@ class MemoryBankConfig:
     size: int = 256
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.size, int) and self.size >= 1, "method.memory.size", "an int >= 1", self.size)
+        _require(
+            isinstance(self.size, int) and self.size >= 1,
+            "method.memory.size",
+            "an int >= 1",
+            self.size,
+        )
 
 
 @dataclass
@@ -135,7 +140,12 @@ class MethodConfig:
         )
         for name in ("temperature", "base_temperature"):
             value = getattr(self, name)
-            _require(isinstance(value, (int, float)) and value > 0, f"method.{name}", "a number > 0", value)
+            _require(
+                isinstance(value, (int, float)) and value > 0,
+                f"method.{name}",
+                "a number > 0",
+                value,
+            )
         for name, low in (
             ("warmup_steps", 0),
             ("max_samples", 2),

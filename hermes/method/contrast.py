@@ -122,10 +122,7 @@ def sample_pixel_anchors(
     easy = is_c & ~hard
     counts = torch.stack([is_c.sum(-1), hard.sum(-1), easy.sum(-1)], dim=-1).cpu()  # the sync
     slots = [
-        (i, c)
-        for i in range(b)
-        for c in range(num_classes)
-        if int(counts[i, c, 0]) > max_views
+        (i, c) for i in range(b) for c in range(num_classes) if int(counts[i, c, 0]) > max_views
     ]
     if not slots:
         return embedding.new_zeros(0, 0, d), torch.zeros(0, dtype=torch.int64, device=y.device)

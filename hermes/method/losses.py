@@ -35,7 +35,9 @@ def global_sum(x: Tensor, comm: Comm = _LOCAL) -> Tensor:
 def global_mean(total: Tensor, count: int | Tensor, comm: Comm = _LOCAL) -> Tensor:
     """``global_sum(total) / global_sum(count)``; ``count`` is not differentiated."""
     if isinstance(count, Tensor):
-        count = comm.all_reduce_sum(count.detach().float().clone()) if comm.world_size > 1 else count
+        count = (
+            comm.all_reduce_sum(count.detach().float().clone()) if comm.world_size > 1 else count
+        )
         return global_sum(total, comm) / count.clamp(min=1)
     return global_sum(total, comm) / max(count * comm.world_size, 1)
 

@@ -180,7 +180,9 @@ class HermesMethod(nn.Module):
                         self._log_truth(logs, "seg", pl_seg, unlabeled["mask"].long(), "unlabeled")
 
             if w.ce_u > 0:
-                ce_u = masked_cross_entropy(cls_u.strong.logits, pl_cls.labels, pl_cls.reliable, comm)
+                ce_u = masked_cross_entropy(
+                    cls_u.strong.logits, pl_cls.labels, pl_cls.reliable, comm
+                )
             if w.dice_u > 0:
                 dice_u = w.dice_u_scale * dice_loss(
                     seg_u.strong.logits, pl_seg.labels, weight=pl_seg.reliable, comm=comm
@@ -206,7 +208,9 @@ class HermesMethod(nn.Module):
                 itc = consistency_loss(z_cls, seg_u.strong.consistency, comm)
                 lam = consistency_weight(step, cfg.itc_every, cfg.itc_length)
             if self.image_bank is not None:
-                self._enqueue(self.image_bank, cls_u.weak.projection, pl_cls.labels, pl_cls.reliable)
+                self._enqueue(
+                    self.image_bank, cls_u.weak.projection, pl_cls.labels, pl_cls.reliable
+                )
 
         loss_cls = w.cls_total * (ce_l + w.ce_u * ce_u + w.contrast_img * contrast_img)
         loss_seg = w.seg_total * (seg_sup + w.dice_u * dice_u + w.contrast_pix * contrast_pix)
@@ -246,7 +250,10 @@ class HermesMethod(nn.Module):
         for xv in (weak, strong):
             sal = self.model(xv, mode="saliency")
             outs.append(
-                (self.model(xv, mode="cls", seg_features=None), self.model(xv, mode="seg", saliency=sal))
+                (
+                    self.model(xv, mode="cls", seg_features=None),
+                    self.model(xv, mode="seg", saliency=sal),
+                )
             )
         return _Views(outs[0][0], outs[1][0]), _Views(outs[0][1], outs[1][1])
 
@@ -287,7 +294,9 @@ class HermesMethod(nn.Module):
         # Per-rank anchors: the global value is the mean of the ranks' losses.
         return global_sum(loss, self.comm) / self.comm.world_size
 
-    def _enqueue(self, bank: ClassQueues, feats: Tensor, labels: Tensor, keep: Tensor | None) -> None:
+    def _enqueue(
+        self, bank: ClassQueues, feats: Tensor, labels: Tensor, keep: Tensor | None
+    ) -> None:
         """Enqueue every rank's features, so that the queues stay identical on every rank."""
         feats, labels = feats.detach(), labels.detach()
         if keep is None:
@@ -316,7 +325,12 @@ class HermesMethod(nn.Module):
         logs[f"pseudo_{task}/mean_entropy"] = s.mean_entropy.detach()
 
     def _log_truth(
-        self, logs: dict[str, Tensor], task: str, out: DualThresholdOutput, truth: Tensor, where: str
+        self,
+        logs: dict[str, Tensor],
+        task: str,
+        out: DualThresholdOutput,
+        truth: Tensor,
+        where: str,
     ) -> None:
         """Pseudo-label accuracy of the kept and the dropped entries against known truth."""
         valid = torch.isfinite(out.confidence)
@@ -330,5 +344,7 @@ class HermesMethod(nn.Module):
             sums = self.comm.all_reduce_sum(sums)
         nan = torch.full_like(sums[0], math.nan)
         logs[f"pseudo_{task}/acc_kept_{where}"] = torch.where(sums[1] > 0, sums[0] / sums[1], nan)
-        logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(sums[3] > 0, sums[2] / sums[3], nan)
+        logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(
+            sums[3] > 0, sums[2] / sums[3], nan
+        )
         logs[f"pseudo_{task}/kept_{where}"] = sums[1] / sums[4].clamp(min=1)

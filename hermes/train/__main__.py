@@ -27,20 +27,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="python -m hermes.train",
         description="Train the Hermes method (and the supervised-only baseline) and report.",
     )
-    parser.add_argument("--config", default=None,
-                        help="preset name in hermes/configs (default, paper) or a YAML file "
-                             "(default: 'default', or the checkpoint's with --resume)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field, e.g. optim.steps=100 or method.weights.contrast_img=0")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="preset name in hermes/configs (default, paper) or a YAML file "
+        "(default: 'default', or the checkpoint's with --resume)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. optim.steps=100 or method.weights.contrast_img=0",
+    )
     parser.add_argument("--data", help="dataset folder (real data)")
     parser.add_argument("--dataset", choices=("busi", "udiat", "folder", "phantom"))
-    parser.add_argument("--baseline", choices=("supervised", "none"), default="supervised",
-                        help="also train the supervised-only baseline and compare (default)")
+    parser.add_argument(
+        "--baseline",
+        choices=("supervised", "none"),
+        default="supervised",
+        help="also train the supervised-only baseline and compare (default)",
+    )
     parser.add_argument("--out", help="output folder (default: the config's out_dir)")
     parser.add_argument("--backend", choices=BACKENDS, help="backend of the fused ops")
     parser.add_argument("--resume", help="continue a run from its checkpoint (no baseline)")
-    parser.add_argument("--stop-after", type=int, default=None,
-                        help="stop after this many steps (the schedule keeps optim.steps)")
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop after this many steps (the schedule keeps optim.steps)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)  # fmt: skip
 

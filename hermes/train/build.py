@@ -77,7 +77,9 @@ def build_optimizers(
         momentum=cfg.cls_momentum,
         weight_decay=cfg.cls_weight_decay,
     )
-    adam = torch.optim.Adam(model.seg.parameters(), lr=cfg.seg_lr, weight_decay=cfg.seg_weight_decay)
+    adam = torch.optim.Adam(
+        model.seg.parameters(), lr=cfg.seg_lr, weight_decay=cfg.seg_weight_decay
+    )
 
     def poly(step: int) -> float:
         return poly_factor(step, cfg.steps, cfg.poly_power)

@@ -74,7 +74,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the same user error
-        raise ValueError(f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_VERSION:
         raise ValueError(
             f"checkpoint {path}: not a Hermes training checkpoint (format {FORMAT_VERSION} expected)"

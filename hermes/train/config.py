@@ -80,7 +80,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(self.every >= 0, "eval.every", "an int >= 0", self.every)
         if self.max_batches is not None:
-            _require(self.max_batches >= 1, "eval.max_batches", "an int >= 1 or null", self.max_batches)
+            _require(
+                self.max_batches >= 1, "eval.max_batches", "an int >= 1 or null", self.max_batches
+            )
         _require(self.figure_images >= 0, "eval.figure_images", "an int >= 0", self.figure_images)
 
 
@@ -102,7 +104,9 @@ class DistributedConfig:
 
     def __post_init__(self) -> None:
         _require(self.workers >= 1, "distributed.workers", "an int >= 1", self.workers)
-        _require(self.max_failures >= -1, "distributed.max_failures", "an int >= -1", self.max_failures)
+        _require(
+            self.max_failures >= -1, "distributed.max_failures", "an int >= -1", self.max_failures
+        )
         _require(self.cpus_per_worker > 0, "distributed.cpus_per_worker", "a number > 0",
                  self.cpus_per_worker)  # fmt: skip
 
@@ -150,11 +154,18 @@ class TrainConfig:
         _require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
         _require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}", self.backend)
         _require(self.log_every >= 1, "log_every", "an int >= 1", self.log_every)
-        _require(self.checkpoint_every >= 0, "checkpoint_every", "an int >= 0", self.checkpoint_every)
+        _require(
+            self.checkpoint_every >= 0, "checkpoint_every", "an int >= 0", self.checkpoint_every
+        )
         if self.threads is not None:
             _require(self.threads >= 1, "threads", "an int >= 1 or null", self.threads)
         if self.warmup_epochs is not None:
-            _require(self.warmup_epochs >= 0, "warmup_epochs", "a number >= 0 or null", self.warmup_epochs)
+            _require(
+                self.warmup_epochs >= 0,
+                "warmup_epochs",
+                "a number >= 0 or null",
+                self.warmup_epochs,
+            )
 
 
 # ---------------------------------------------------------------------- dict <-> dataclass
@@ -179,7 +190,9 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         if isinstance(value, annotation):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{name}: expected a mapping of {annotation.__name__} fields, got {value!r}")
+            raise ValueError(
+                f"{name}: expected a mapping of {annotation.__name__} fields, got {value!r}"
+            )
         return from_dict(annotation, value, name)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
@@ -291,7 +304,9 @@ def load_config(
         path = preset_path(preset)
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ValueError(f"config {path}: expected a mapping at the top level, got {type(loaded).__name__}")
+            raise ValueError(
+                f"config {path}: expected a mapping at the top level, got {type(loaded).__name__}"
+            )
         tree = loaded
     for item in overrides or []:
         key, value = parse_override(item) if isinstance(item, str) else item

@@ -58,7 +58,7 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str = "") ->
         ax.plot(steps, _smooth(values, window), color="C0")
         ax.set_title(key.split("/", 1)[1])
         ax.set_xlabel("step")
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.suptitle(f"{title} losses (grey: per step, blue: moving average)")
     fig.tight_layout()
@@ -129,12 +129,16 @@ def _clean(values: dict[str, float]) -> dict[str, float | None]:
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.4f}"
+    return (
+        "n/a"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.4f}"
+    )
 
 
 def _tail_mean(history: list[dict[str, float]], key: str, fraction: float = 0.2) -> float:
     values = [h[key] for h in history if key in h]
-    values = values[-max(int(len(values) * fraction), 1):]
+    values = values[-max(int(len(values) * fraction), 1) :]
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
 
@@ -219,7 +223,9 @@ def write_comparison_report(results: Sequence[RunResult], folder: str | Path) ->
         "|---|" + "---|" * len(names),
     ]
     for key in METRICS:
-        lines.append(f"| {key} | " + " | ".join(_fmt(s["final"].get(key)) for s in summaries) + " |")
+        lines.append(
+            f"| {key} | " + " | ".join(_fmt(s["final"].get(key)) for s in summaries) + " |"
+        )
     lines.append("| seconds | " + " | ".join(str(s["seconds"]) for s in summaries) + " |")
     lines += ["", "![test metrics over training](test_metrics.png)", ""]
     for r in results:
@@ -248,5 +254,7 @@ def comparison_table(results: Sequence[RunResult]) -> str:
     width = max(14, *(len(n) + 2 for n in names))
     lines = ["metric".ljust(14) + "".join(n.rjust(width) for n in names)]
     for key in METRICS:
-        lines.append(key.ljust(14) + "".join(_fmt(r.metrics.get(key)).rjust(width) for r in results))
+        lines.append(
+            key.ljust(14) + "".join(_fmt(r.metrics.get(key)).rjust(width) for r in results)
+        )
     return "\n".join(lines)

@@ -39,7 +39,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "runs"
 
 
-def test_train_cli_compares_hermes_and_baseline(trained: Path, capsys: pytest.CaptureFixture) -> None:
+def test_train_cli_compares_hermes_and_baseline(
+    trained: Path, capsys: pytest.CaptureFixture
+) -> None:
     summary = (trained / "report" / "summary.md").read_text()
     assert "| hermes | supervised |" in summary.replace("metric | ", "")
     runs = json.loads((trained / "report" / "metrics.json").read_text())
@@ -74,7 +76,9 @@ def test_predict_cli(trained: Path, tmp_path: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(images / f"{stem}.png")
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(images / "b_mask.png")  # skipped
     out = tmp_path / "pred"
-    assert predict_main([str(trained / "supervised" / "best.pt"), str(images), "--out", str(out)]) == 0
+    assert (
+        predict_main([str(trained / "supervised" / "best.pt"), str(images), "--out", str(out)]) == 0
+    )
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["file"] for r in rows] == ["a.png", "b.png"]
     for r in rows:

@@ -74,7 +74,9 @@ def contrastive_seg(x_: torch.Tensor, y_: torch.Tensor, t: float, bt: float) -> 
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()
     mask = mask.repeat(n_view, n_view)
     neg_mask = 1 - mask
-    logits_mask = torch.ones_like(mask).scatter_(1, torch.arange(anchor_num * n_view).view(-1, 1), 0)
+    logits_mask = torch.ones_like(mask).scatter_(
+        1, torch.arange(anchor_num * n_view).view(-1, 1), 0
+    )
     mask = mask * logits_mask
     neg_logits = (torch.exp(logits) * neg_mask).sum(1, keepdim=True)
     log_prob = logits - torch.log(torch.exp(logits) + neg_logits)

@@ -74,7 +74,10 @@ def test_total_is_the_weighted_sum_of_the_terms(num_classes: int) -> None:
                 "pseudo_seg/kept", "pseudo_cls/kept_reliable_0", "pseudo_seg/mean_entropy"):  # fmt: skip
         assert key in logs
     loss.backward()
-    assert _grad_norm(method.model.cls.parameters()) > 0 and _grad_norm(method.model.seg.parameters()) > 0
+    assert (
+        _grad_norm(method.model.cls.parameters()) > 0
+        and _grad_norm(method.model.seg.parameters()) > 0
+    )
 
 
 def test_supervised_mode_ignores_unlabeled_data() -> None:
@@ -98,7 +101,9 @@ def test_warmup_and_switches() -> None:
     assert logs["loss/contrast_img"].item() == 0 and logs["loss/contrast_pix"].item() == 0
     _, logs = method(labeled, unlabeled, step=5, total_steps=10)
     assert logs["loss/contrast_img"].item() > 0
-    off = replace(cfg, weights=LossWeights(ce_u=0.0, dice_u=0.0, contrast_img=0.0, contrast_pix=0.0, itc=0.0))
+    off = replace(
+        cfg, weights=LossWeights(ce_u=0.0, dice_u=0.0, contrast_img=0.0, contrast_pix=0.0, itc=0.0)
+    )
     method = HermesMethod(tiny_model(), off)
     loss, logs = method(labeled, unlabeled, step=5, total_steps=10)
     for name in ("ce_u", "dice_u", "contrast_img", "contrast_pix", "itc"):

@@ -65,7 +65,9 @@ def supcon_loop(
 def test_supcon_matches_pair_loop(denominator: str, n: int, classes: int) -> None:
     a = _features(n, 5, seed=n).requires_grad_(True)
     y = torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(1))
-    ref = supcon_loss_reference(a, y, denominator=denominator, temperature=0.1, base_temperature=0.07)
+    ref = supcon_loss_reference(
+        a, y, denominator=denominator, temperature=0.1, base_temperature=0.07
+    )
     loop = supcon_loop(a, y, denominator=denominator, t=0.1, bt=0.07)
     torch.testing.assert_close(ref, loop.float(), rtol=1e-5, atol=1e-6)
     (g_ref,) = torch.autograd.grad(ref, a)
@@ -247,7 +249,8 @@ def test_dual_threshold_absent_class_valid_nonfinite_hook() -> None:
         logits, eta=10.0, valid=valid, histogram_hook=lambda h: h + torch.tensor([0, 0, 3])
     )
     torch.testing.assert_close(
-        hooked.thresholds, torch.tensor([0.95 - 0.45 * 4 / 6, 0.95 - 0.45 * 5 / 6, 0.95 - 0.45 * 3 / 6])
+        hooked.thresholds,
+        torch.tensor([0.95 - 0.45 * 4 / 6, 0.95 - 0.45 * 5 / 6, 0.95 - 0.45 * 3 / 6]),
     )
     assert hooked.stats.histogram.tolist() == [2, 1, 0]
 

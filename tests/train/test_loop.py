@@ -53,7 +53,9 @@ def test_run_writes_checkpoints_tensorboard_and_report(
         assert key in metrics["final"]
     assert 0.0 <= result.metrics["dice_lesion"] <= 1.0
     # dual-threshold statistics logged every step
-    assert all("pseudo_cls/threshold_0" in h and "pseudo_seg/kept" in h for h in result.state.history)
+    assert all(
+        "pseudo_cls/threshold_0" in h and "pseudo_seg/kept" in h for h in result.state.history
+    )
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 
