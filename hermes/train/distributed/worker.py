@@ -87,6 +87,7 @@ def _log_to_stderr(rank: int) -> None:
         handler._hermes_rank = rank  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    root.propagate = False  # Ray also handles the root logger: print each line once
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
