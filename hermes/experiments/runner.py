@@ -7,7 +7,7 @@ Layout of an experiment folder ``out``::
         result.json                             final metrics + config, written atomically
     out/results.md, out/results.png, out/summary.json   (see :mod:`hermes.experiments.tables`)
 
-A run whose ``result.json`` exists with the same configuration is skipped, so rerunning the
+A run whose ``result.json`` exists with the same configuration (:func:`same_config`) is skipped, so rerunning the
 command only trains what is missing; an interrupted run continues from its ``last.pt`` when the
 checkpoint was made with the same configuration. Every variant of a (budget, seed) pair loads the
 same split file, so the comparisons are paired.
@@ -118,9 +118,39 @@ def run_config(matrix: Matrix, spec: RunSpec) -> TrainConfig:
 
 
 def fingerprint(cfg: TrainConfig) -> str:
-    """A hash of the whole configuration (a result is reused only for the same one)."""
+    """A hash of the whole configuration (recorded with each result, for reference)."""
     text = json.dumps(to_dict(cfg), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def same_config(stored: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a result's stored configuration is the configuration ``cfg``.
+
+    Every field must have the same value, except fields that the stored configuration lacks
+    (added to the code after the run) and that ``cfg`` leaves at their default: a switch added
+    later, off by default, does not make finished runs stale.
+    """
+    defaults = _plain(to_dict(TrainConfig()))
+    current = _plain(to_dict(cfg))
+
+    def same(old: dict[str, Any], new: dict[str, Any], default: Any) -> bool:
+        for key, value in new.items():
+            base = default.get(key) if isinstance(default, dict) else None
+            if key not in old:
+                if not isinstance(default, dict) or key not in default or value != base:
+                    return False
+            elif isinstance(value, dict) and isinstance(old[key], dict):
+                if not same(old[key], value, base if isinstance(base, dict) else {}):
+                    return False
+            elif old[key] != value:
+                return False
+        return set(old) <= set(new)
+
+    return same(_plain(stored), current, defaults)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -168,7 +198,7 @@ def load_result(path: Path) -> dict[str, Any] | None:
 def is_done(matrix: Matrix, spec: RunSpec) -> bool:
     """Whether ``spec`` has a result made with its current configuration."""
     result = load_result(result_path(matrix.out, spec))
-    return result is not None and result.get("fingerprint") == fingerprint(run_config(matrix, spec))
+    return result is not None and same_config(result.get("config", {}), run_config(matrix, spec))
 
 
 # ---------------------------------------------------------------------------- one run
@@ -216,7 +246,7 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
     key = fingerprint(cfg)
     path = result_path(matrix.out, spec)
     previous = load_result(path)
-    if previous is not None and previous.get("fingerprint") == key:
+    if previous is not None and same_config(previous.get("config", {}), cfg):
         logger.info("%s: done, skipped", spec.key)
         return previous
     ensure_split(cfg)

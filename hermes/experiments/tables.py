@@ -1,6 +1,8 @@
 """The paper's Tables 1 and 2 from a matrix's results: Markdown, a JSON summary and a figure.
 
-Table 1: lesion Dice (%), Table 2: accuracy (%), rows = variants, columns = label budgets,
+Table 1: lesion Dice (%), Table 2: accuracy (%) (and the classification AUC, which says
+whether a classifier ranks better than chance when its accuracy sits at a constant
+prediction), rows = variants, columns = label budgets,
 cells ``mean +- std (n)`` over seeds (sample standard deviation, ``ddof=1``). Because every
 variant of a (budget, seed) pair shares a split, the gain of each variant over supervised-only
 is also given as the mean +- std of the per-seed paired differences.
@@ -16,7 +18,11 @@ from typing import Any
 from hermes.experiments.runner import Matrix, RunSpec
 from hermes.experiments.variants import Variant
 
-METRICS = (("dice_lesion", "Table 1: lesion Dice (%)"), ("accuracy", "Table 2: accuracy (%)"))
+METRICS = (
+    ("dice_lesion", "Table 1: lesion Dice (%)"),
+    ("accuracy", "Table 2: accuracy (%)"),
+    ("auc", "Not in the paper: classification AUC (%)"),
+)
 PSEUDO_KEYS = (
     ("pseudo_cls/kept_unlabeled", "cls kept"),
     ("pseudo_cls/acc_kept_unlabeled", "cls acc kept"),

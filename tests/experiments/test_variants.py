@@ -81,3 +81,22 @@ def test_summary_gives_mean_std_and_paired_gains(tmp_path: Path) -> None:
     # a missing seed shows as a smaller count, not a wrong mean
     del results[RunSpec(VARIANTS["hermes"], 40, 2)]
     assert "| Hermes | 58.50 ± 4.95 (2) |" in markdown(m, results, "t")
+
+
+def test_a_field_added_later_at_its_default_keeps_results_valid(tmp_path: Path) -> None:
+    from hermes.experiments.runner import same_config
+    from hermes.train import to_dict
+
+    cfg = run_config(_matrix(tmp_path), RunSpec(VARIANTS["hermes"], 40, 0))
+    stored = to_dict(cfg)
+    assert same_config(stored, cfg)
+    del stored["method"]["concat_views"]  # as if the run predates the field
+    assert same_config(stored, cfg)  # the current value is the default (True)
+    cfg.method.concat_views = False
+    assert not same_config(stored, cfg)  # not the default: the old run did something else
+    stored = to_dict(cfg)
+    stored["method"]["tau_max"] = 0.9
+    assert not same_config(stored, cfg)
+    stored = to_dict(cfg)
+    stored["method"]["removed_field"] = 1
+    assert not same_config(stored, cfg)
