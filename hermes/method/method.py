@@ -289,7 +289,7 @@ class HermesMethod(nn.Module):
             bank=self.pixel_bank,
             backend=self.backend,
         )
-        if self.pixel_bank is not None and anchors.shape[0] > 0:
+        if self.pixel_bank is not None:  # every rank enqueues (a collective), even with no anchors
             self._enqueue(self.pixel_bank, anchors, anchor_labels, None)
         # Per-rank anchors: the global value is the mean of the ranks' losses.
         return global_sum(loss, self.comm) / self.comm.world_size
