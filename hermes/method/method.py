@@ -18,10 +18,8 @@ samples and contrasts anchors per rank (its value is the mean of the ranks' loss
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +38,7 @@ from hermes.method.losses import (
 )
 from hermes.method.memory import ClassQueues
 from hermes.method.schedules import consistency_weight, entropy_threshold
+from hermes.models.layers import frozen_bn_statistics
 from hermes.ops import DualThresholdOutput, dual_threshold
 
 logger = logging.getLogger(__name__)
@@ -69,24 +68,6 @@ def _take(value: Any, rows: slice) -> Any:
     if isinstance(value, (list, tuple)):
         return [v[rows] for v in value]
     return value
-
-
-@contextlib.contextmanager
-def frozen_bn_statistics(module: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Inside, train-mode BatchNorm layers of ``module`` normalise with batch statistics but leave
-    their running statistics and ``num_batches_tracked`` unchanged."""
-    saved = []
-    if enabled:
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-                m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, count in saved:
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(count)
 
 
 class HermesMethod(nn.Module):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -89,3 +92,21 @@ class ProjectionHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.normalize(self.net(x), dim=1)
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside, train-mode BatchNorm layers of ``module`` normalise with batch statistics but leave
+    their running statistics and ``num_batches_tracked`` unchanged (a no-op when not enabled)."""
+    saved = []
+    if enabled:
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+                m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)

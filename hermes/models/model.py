@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor, nn
 
 from hermes.models.cls import ClassificationBranch, ClsOutput
 from hermes.models.config import ModelConfig
+from hermes.models.layers import frozen_bn_statistics
 from hermes.models.seg import SegmentationBranch, SegOutput
 
 MODES = ("seg", "cls", "saliency")
@@ -22,23 +20,6 @@ def _check_images(x: Tensor, where: str) -> None:
         raise ValueError(
             f"{where}: image height and width must be divisible by 32, got {tuple(x.shape[-2:])}"
         )
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """Inside, train-mode BatchNorm still normalises with batch statistics but leaves its
-    running statistics (and ``num_batches_tracked``) unchanged."""
-    saved = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, count in saved:
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(count)
 
 
 class HermesModel(nn.Module):
@@ -72,7 +53,7 @@ class HermesModel(nn.Module):
         with (
             torch.inference_mode(False),
             torch.enable_grad(),
-            _frozen_batchnorm_stats(self.cls),
+            frozen_bn_statistics(self.cls),
         ):
             x_in = x.detach().clone().requires_grad_(True)
             logits = self.cls.classifier(self.cls.pooled_features(x_in))  # no heads needed
