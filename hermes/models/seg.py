@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hermes.models.config import ModelConfig
 from hermes.models.layers import ConsistencyHead, DecoderBlock, PixelProjectionHead
-from hermes.models.pretrained import load_encoder_weights
+from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
 
-REDUCTIONS = (2, 4, 8, 16, 32)
+# The encoder's feature strides: 2 (optional: ConvNeXt-like encoders start at 4), 4, 8, 16, 32.
+REQUIRED_STRIDES = (4, 8, 16, 32)
+DECODER_STRIDES = (16, 8, 4, 2, 1)  # where the five decoder blocks end
 SALIENCY_CHANNELS = 4  # the image (3) and its saliency map (1)
 
 
@@ -25,8 +26,9 @@ class SegOutput:
         logits: (B, seg_classes, H, W).
         embedding: (B, embed_dim, H/8, W/8), L2-normalised over channels at every pixel.
         consistency: (B, consistency_dim), the inter-task consistency embedding.
-        features: the four segmentation features for the inter-task attention, at 1/2, 1/4,
-            1/8 and 1/16 of the input (decoder block outputs or encoder stages, see
+        features: the four segmentation features for the inter-task attention, at the
+            classification encoder's four attention strides (1/2, 1/4, 1/8, 1/16 for ResNets
+            and EfficientNets), decoder block outputs or encoder stages (see
             ``ModelConfig.attention_source``); not detached here.
     """
 
@@ -45,67 +47,84 @@ def timm_resnet_args(
 
 
 class SegmentationBranch(nn.Module):
-    """Encoder (timm ``features_only``, strides 2..32) + U-Net decoder + heads.
+    """Encoder (timm ``features_only``, strides (2,) 4, 8, 16, 32) + U-Net decoder + heads.
 
-    The decoder has five blocks (to 1/16, 1/8, 1/4, 1/2, 1/1); the block at 1/4 also takes the
-    image and its saliency (4 channels, area-resized to 1/4) when ``cfg.saliency``. A 1x1 conv
-    gives ``seg_classes`` logits at input resolution.
+    The decoder has five blocks (to 1/16, 1/8, 1/4, 1/2, 1/1), each taking the encoder feature
+    of its stride as skip where there is one; the block at 1/4 also takes the image and its
+    saliency (4 channels, area-resized to 1/4) when ``cfg.saliency``. A 1x1 conv gives
+    ``seg_classes`` logits at input resolution.
+
+    Args:
+        cfg: the model configuration.
+        attention_strides: strides of the four features handed to the classification branch.
+        load_weights: read the configured pretrained weights (``False``: same structure,
+            weights to come from a checkpoint).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        attention_strides: tuple[int, ...] = (2, 4, 8, 16),
+        load_weights: bool = True,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
-        self.encoder = timm.create_model(
-            cfg.seg_encoder,
-            pretrained=False,
+        what = f"segmentation encoder {cfg.seg_encoder}"
+        self.encoder = create_encoder(
+            cfg.seg_encoder, cfg.pretrained_seg, what=what, load=load_weights,
             features_only=True,
-            out_indices=(0, 1, 2, 3, 4),
             **timm_resnet_args(cfg.seg_widths, cfg.seg_stem_width, cfg.seg_stem_type),
+        )  # fmt: skip
+        self.input_norm = InputNorm(
+            *input_statistics(cfg.seg_encoder, cfg.pretrained_seg, self.encoder)
         )
-        reductions = tuple(self.encoder.feature_info.reduction())
-        if reductions != REDUCTIONS:
+        self.strides = tuple(self.encoder.feature_info.reduction())
+        if self.strides[-4:] != REQUIRED_STRIDES or self.strides[:-4] not in ((), (2,)):
             raise ValueError(
-                f"seg_encoder {cfg.seg_encoder!r} must give features at strides {REDUCTIONS}, "
-                f"got {reductions}"
+                f"{what}: features must come at strides (2,) 4, 8, 16, 32, got {self.strides}"
             )
-        if cfg.pretrained_seg is not None:
-            load_encoder_weights(
-                self.encoder, cfg.pretrained_seg, what=f"segmentation encoder {cfg.seg_encoder}"
-            )
-        enc = self.encoder.feature_info.channels()  # at 1/2 .. 1/32
+        enc = dict(zip(self.strides, self.encoder.feature_info.channels(), strict=True))
         dec = cfg.decoder_channels
         extra = SALIENCY_CHANNELS if cfg.saliency else 0
-        skips = (enc[3], enc[2], enc[1] + extra, enc[0], 0)
-        ins = (enc[4], *dec[:4])
+        skips = (enc[16], enc[8], enc[4] + extra, enc.get(2, 0), 0)
+        ins = (enc[32], *dec[:4])
         self.decoder = nn.ModuleList(
             DecoderBlock(i, s, o, cfg.decoder_dropout)
             for i, s, o in zip(ins, skips, dec, strict=True)
         )
         self.head = nn.Conv2d(dec[4], cfg.seg_classes, 1)
-        self.pixel_head = PixelProjectionHead(enc[2], cfg.embed_dim)
-        self.consistency_head = ConsistencyHead(enc[4], cfg.consistency_dim, cfg.consistency_dim)
-        if cfg.attention_source == "decoder":
-            self.feature_channels = (dec[3], dec[2], dec[1], dec[0])
-        else:
-            self.feature_channels = tuple(enc[:4])
+        self.pixel_head = PixelProjectionHead(enc[8], cfg.embed_dim)
+        self.consistency_head = ConsistencyHead(enc[32], cfg.consistency_dim, cfg.consistency_dim)
+        decoded = {**dict(zip(DECODER_STRIDES, dec, strict=True)), 32: enc[32]}
+        source = decoded if cfg.attention_source == "decoder" else enc
+        absent = [s for s in attention_strides if s not in source]
+        if absent:
+            raise ValueError(
+                f"{what}: attention_source {cfg.attention_source!r} has no feature at "
+                f"stride(s) {absent} that the classification encoder attends at"
+            )
+        self.attention_strides = tuple(attention_strides)
+        self.feature_channels = tuple(source[s] for s in attention_strides)
 
     def forward(self, x: Tensor, saliency: Tensor | None = None) -> SegOutput:
         """Shapes: x (B, 3, H, W), saliency (B, 1, H, W) when ``cfg.saliency`` else None."""
-        f = self.encoder(x)  # 1/2, 1/4, 1/8, 1/16, 1/32
-        skip4 = f[1]
+        enc = dict(zip(self.strides, self.encoder(self.input_norm(x)), strict=True))
+        skip4 = enc[4]
         if saliency is not None:
             side = torch.cat([x, saliency.detach().to(x.dtype)], dim=1)
             side = F.interpolate(side, size=skip4.shape[-2:], mode="area")
             skip4 = torch.cat([skip4, side.to(skip4.dtype)], dim=1)
-        d16 = self.decoder[0](f[4], f[3])
-        d8 = self.decoder[1](d16, f[2])
+        d16 = self.decoder[0](enc[32], enc[16])
+        d8 = self.decoder[1](d16, enc[8])
         d4 = self.decoder[2](d8, skip4)
-        d2 = self.decoder[3](d4, f[0])
+        d2 = self.decoder[3](d4, enc.get(2))
         d1 = self.decoder[4](d2)
-        features = [d2, d4, d8, d16] if self.cfg.attention_source == "decoder" else list(f[:4])
+        source = {16: d16, 8: d8, 4: d4, 2: d2, 32: enc[32]}
+        if self.cfg.attention_source == "encoder":
+            source = enc
         return SegOutput(
             logits=self.head(d1),
-            embedding=self.pixel_head(f[2]),
-            consistency=self.consistency_head(f[4].mean(dim=(2, 3))),
-            features=features,
+            embedding=self.pixel_head(enc[8]),
+            consistency=self.consistency_head(enc[32].mean(dim=(2, 3))),
+            features=[source[s] for s in self.attention_strides],
         )

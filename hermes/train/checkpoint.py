@@ -97,6 +97,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
     ckpt = load_checkpoint(path)
     cfg = from_dict(TrainConfig, ckpt["config"])
-    model = build_model(cfg.model)
+    model = build_model(cfg.model, load_weights=False)  # the checkpoint holds the weights
     model.load_state_dict(model_state(ckpt))
     return model.to(device).eval(), cfg

