@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from hermes.data.datasets import LabeledDataset, UnlabeledDataset
 from hermes.data.readers import Record, read_dataset, read_folder
 from hermes.data.splits import Split, make_split
+from hermes.data.transforms import GEOMETRIES
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ class DataConfig:
         root: dataset folder (not used by the phantom).
         classes: classes taking part, in label order (BUSI's ``normal`` is left out by default).
         image_size: side of the square network input.
+        geometry: the training views' joint geometric augmentation: ``"rot_flip"`` (the
+            public code's rot90 + flip or small rotation) or ``"flip_crop"`` (horizontal flip
+            and random resized crop, keeping the probe at the top).
         labeled: label budget, a count (int) or a fraction of the train part (float).
         test_fraction: per-class share held out for testing.
         seed: split seed (and phantom seed).
@@ -47,6 +51,7 @@ class DataConfig:
     root: str | None = None
     classes: tuple[str, ...] = ("benign", "malignant")
     image_size: int = 224
+    geometry: str = "rot_flip"
     labeled: int | float = 50
     test_fraction: float = 0.3
     seed: int = 0
@@ -66,6 +71,10 @@ class DataConfig:
             raise ValueError(f"DataConfig.dataset must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset != "phantom" and not self.root:
             raise ValueError(f"DataConfig.root is required for dataset {self.dataset!r}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(
+                f"DataConfig.geometry must be one of {GEOMETRIES}, got {self.geometry!r}"
+            )
         self.classes = tuple(c.lower() for c in self.classes)
         if len(self.classes) < 2:
             raise ValueError(f"DataConfig.classes needs at least two classes, got {self.classes}")
@@ -165,8 +174,8 @@ def build_data(cfg: DataConfig) -> Data:
         )
     }
     common = {"classes": cfg.classes, "image_size": cfg.image_size, "cache": cfg.cache_images}
-    labeled = LabeledDataset(part["labeled"], augment=True, **common)
-    unlabeled = UnlabeledDataset(part["unlabeled"], **common)
+    labeled = LabeledDataset(part["labeled"], augment=True, geometry=cfg.geometry, **common)
+    unlabeled = UnlabeledDataset(part["unlabeled"], geometry=cfg.geometry, **common)
     test = LabeledDataset(part["test"], augment=False, **common)
     logger.info(
         "data %s: %d labeled, %d unlabeled, %d test (%s)",

@@ -82,9 +82,10 @@ class LabeledDataset(_RecordDataset):
         image_size: int,
         augment: bool = True,
         cache: bool = True,
+        geometry: str = "rot_flip",
     ) -> None:
         super().__init__(records, classes, image_size, cache)
-        self.transform = LabeledTransform(augment)
+        self.transform = LabeledTransform(augment, geometry, image_size)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, label, sid = self._sample(index)
@@ -104,9 +105,10 @@ class UnlabeledDataset(_RecordDataset):
         classes: Sequence[str],
         image_size: int,
         cache: bool = True,
+        geometry: str = "rot_flip",
     ) -> None:
         super().__init__(records, classes, image_size, cache)
-        self.transform = UnlabeledTransform(image_size)
+        self.transform = UnlabeledTransform(image_size, geometry)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask, label, sid = self._sample(index)

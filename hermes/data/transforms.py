@@ -45,11 +45,31 @@ def resize(image_size: int) -> v2.Transform:
     return v2.Resize((image_size, image_size), antialias=True)
 
 
-def geometry() -> v2.Transform:
-    """The joint geometric augmentation: p=0.5 rot90+flip, p=0.25 rotation, p=0.25 none."""
-    return v2.RandomChoice(
-        [RandomRot90Flip(), v2.RandomRotation(20.0), v2.Identity()], p=[0.5, 0.25, 0.25]
-    )
+GEOMETRIES = ("rot_flip", "flip_crop")
+
+
+def geometry(kind: str = "rot_flip", image_size: int | None = None) -> v2.Transform:
+    """The joint geometric augmentation of image and mask.
+
+    ``rot_flip`` (the public code's): p=0.5 rot90+flip, p=0.25 rotation by up to 20 degrees,
+    p=0.25 none. ``flip_crop``: a horizontal flip (p=0.5) and a random crop of 60-100 % of the
+    area (aspect 3/4-4/3) resized back to ``image_size``: ultrasound images keep the skin at the
+    top, so the probe's geometry is never turned upside down.
+    """
+    if kind == "rot_flip":
+        return v2.RandomChoice(
+            [RandomRot90Flip(), v2.RandomRotation(20.0), v2.Identity()], p=[0.5, 0.25, 0.25]
+        )
+    if kind == "flip_crop":
+        if image_size is None:
+            raise ValueError("geometry 'flip_crop' needs the image size")
+        return v2.Compose(
+            [
+                v2.RandomHorizontalFlip(0.5),
+                v2.RandomResizedCrop(image_size, scale=(0.6, 1.0), antialias=True),
+            ]
+        )
+    raise ValueError(f"data.geometry must be one of {GEOMETRIES}, got {kind!r}")
 
 
 def photometric(image_size: int) -> v2.Transform:
@@ -94,8 +114,10 @@ class LabeledTransform:
     :func:`resize_pair`); returns ``(image (3, S, S) normalised, mask (S, S) int64)``.
     """
 
-    def __init__(self, augment: bool = True) -> None:
-        self.geometry = geometry() if augment else v2.Identity()
+    def __init__(
+        self, augment: bool = True, kind: str = "rot_flip", image_size: int | None = None
+    ) -> None:
+        self.geometry = geometry(kind, image_size) if augment else v2.Identity()
         self.normalize = normalize()
 
     def __call__(
@@ -112,8 +134,8 @@ class UnlabeledTransform:
     view (3, S, S) normalised, the mask (S, S) int64 moved with the same geometry.
     """
 
-    def __init__(self, image_size: int) -> None:
-        self.geometry = geometry()
+    def __init__(self, image_size: int, kind: str = "rot_flip") -> None:
+        self.geometry = geometry(kind, image_size)
         self.photometric = photometric(image_size)
         self.normalize = normalize()
 

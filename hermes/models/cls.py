@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor, nn
 
 from hermes.models.config import ModelConfig
@@ -16,6 +17,7 @@ from hermes.models.seg import timm_resnet_args
 from hermes.ops import InterTaskAttention
 
 ALLOWED_STRIDES = (2, 4, 8, 16, 32)
+IDENTITY_BIAS = 3.0  # sigmoid(3) = 0.95
 
 
 @dataclass
@@ -39,13 +41,30 @@ class SegAttention(nn.Module):
     Shapes: c (B, ch, h, w), s (B, seg_ch, h, w) -> (B, ch, h, w).
     """
 
-    def __init__(self, seg_ch: int, ch: int, reduction: int, backend: str | None) -> None:
+    def __init__(
+        self, seg_ch: int, ch: int, reduction: int, backend: str | None, init: str = "default"
+    ) -> None:
         super().__init__()
         self.adapter = nn.Sequential(
             conv_bn_act(seg_ch, ch, nn.ReLU(inplace=True)),
             conv_bn_act(ch, ch, nn.ReLU(inplace=True)),
         )
         self.attention = InterTaskAttention(ch, reduction=reduction, backend=backend)
+        if init == "identity":
+            self.start_as_identity()
+
+    @torch.no_grad()
+    def start_as_identity(self, bias: float = IDENTITY_BIAS) -> None:
+        """Make the attention start as a uniform scaling, ``sigmoid(bias)^2 * c`` (0.91 for the
+        default bias 3), whatever the features: the channel gate's last layer and the spatial
+        convolution get zero weights and bias ``bias``. Both still receive gradients, so the
+        attention is learned from there. Used with pretrained encoders, whose features a random
+        attention would scramble at four depths (measured on BUSI: a supervised classifier at
+        AUC 0.75 with random attention, 0.88 without attention)."""
+        a = self.attention
+        for layer in (a.fc2, a.spatial):
+            layer.weight.zero_()
+            layer.bias.fill_(bias)
 
     def forward(self, c: Tensor, s: Tensor) -> Tensor:
         return self.attention(c, self.adapter(s).to(c.dtype))
@@ -115,7 +134,9 @@ class ClassificationBranch(nn.Module):
         self._seg_features: list[Tensor] | None = None
         if cfg.attention:
             self.attention = nn.ModuleList(
-                SegAttention(s, d["num_chs"], cfg.attention_reduction, cfg.backend)
+                SegAttention(
+                    s, d["num_chs"], cfg.attention_reduction, cfg.backend, cfg.attention_init
+                )
                 for s, d in zip(seg_feature_channels, depths, strict=True)
             )
             for i, d in enumerate(depths):

@@ -37,6 +37,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_widths": (64, 128, 256, 512),
         "cls_stem_width": 64,
         "cls_stem_type": "",
+        "attention_init": "default",
         "image_size": 224,
         "pretrained_seg": "imagenet",
         "pretrained_cls": "imagenet",
@@ -51,6 +52,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_widths": None,
         "cls_stem_width": None,
         "cls_stem_type": None,
+        "attention_init": "identity",
         "image_size": 128,
         "pretrained_seg": "imagenet",
         "pretrained_cls": "imagenet",
@@ -65,6 +67,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_widths": (32, 64, 128, 256),
         "cls_stem_width": 16,
         "cls_stem_type": "deep",
+        "attention_init": "default",
         "image_size": 128,
         "pretrained_seg": "none",
         "pretrained_cls": "none",
@@ -72,6 +75,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 ATTENTION_SOURCES = ("decoder", "encoder")
+ATTENTION_INITS = ("default", "identity")
 STEM_TYPES = ("", "deep", "deep_tiered")  # timm ResNet stems
 # Arguments of each encoder that follow the preset only with its encoder.
 _ENCODER_ARGS = {
@@ -116,7 +120,11 @@ class ModelConfig:
         consistency_dim: width of both branches' consistency embeddings.
         attention_reduction: channel-gate reduction ratio of the IAS modules.
         attention_source: which segmentation features feed the attention: the ``decoder``
-            block outputs or the ``encoder`` stages at 1/2, 1/4, 1/8, 1/16.
+            block outputs or the ``encoder`` stages at the attention's strides.
+        attention_init: ``"default"`` (PyTorch's initialisation, as the paper) or
+            ``"identity"``: each attention starts as a uniform scaling of the classification
+            feature (zero weights in the channel gate's last layer and the spatial convolution),
+            so that pretrained encoder features are not scrambled at the start.
         image_size: the input size the preset is meant for (informational; the network takes
             any H, W divisible by 32).
         backend: forced backend of the fused ops (``None``: automatic dispatch).
@@ -146,6 +154,7 @@ class ModelConfig:
     consistency_dim: int = 256
     attention_reduction: int = 4
     attention_source: str = "decoder"
+    attention_init: str | None = None
     image_size: int | None = None
     backend: str | None = None
 
@@ -210,6 +219,11 @@ class ModelConfig:
         if not 0.0 <= self.decoder_dropout < 1.0:
             raise ValueError(
                 f"ModelConfig.decoder_dropout must be in [0, 1), got {self.decoder_dropout!r}"
+            )
+        if self.attention_init not in ATTENTION_INITS:
+            raise ValueError(
+                f"ModelConfig.attention_init must be one of {ATTENTION_INITS}, "
+                f"got {self.attention_init!r}"
             )
         if self.attention_source not in ATTENTION_SOURCES:
             raise ValueError(

@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 class Components:
     """What :func:`build_everything` returns.
 
-    ``optimizers`` is ``[SGD over model.cls, Adam over model.seg]`` and ``schedulers`` their
+    ``optimizers`` is ``[SGD (or AdamW) over model.cls, Adam over model.seg]`` and
+    ``schedulers`` their
     poly schedules, in the same order.
     """
 
@@ -69,14 +70,20 @@ def apply_backend(backend: str) -> None:
 def build_optimizers(
     model: HermesModel, cfg: OptimConfig
 ) -> tuple[list[torch.optim.Optimizer], list[LambdaLR]]:
-    """The paper's optimisers: SGD on the classification branch, Adam on the segmentation
-    branch, each with the poly schedule ``(1 - t / steps)^poly_power``."""
-    sgd = torch.optim.SGD(
-        model.cls.parameters(),
-        lr=cfg.cls_lr,
-        momentum=cfg.cls_momentum,
-        weight_decay=cfg.cls_weight_decay,
-    )
+    """The paper's optimisers: SGD (or AdamW, ``cfg.cls_optimizer``) on the classification
+    branch, Adam on the segmentation branch, each with the poly schedule
+    ``(1 - t / steps)^poly_power``."""
+    if cfg.cls_optimizer == "adamw":
+        cls_opt: torch.optim.Optimizer = torch.optim.AdamW(
+            model.cls.parameters(), lr=cfg.cls_lr, weight_decay=cfg.cls_weight_decay
+        )
+    else:
+        cls_opt = torch.optim.SGD(
+            model.cls.parameters(),
+            lr=cfg.cls_lr,
+            momentum=cfg.cls_momentum,
+            weight_decay=cfg.cls_weight_decay,
+        )
     adam = torch.optim.Adam(
         model.seg.parameters(), lr=cfg.seg_lr, weight_decay=cfg.seg_weight_decay
     )
@@ -84,7 +91,7 @@ def build_optimizers(
     def poly(step: int) -> float:
         return poly_factor(step, cfg.steps, cfg.poly_power)
 
-    optimizers: list[torch.optim.Optimizer] = [sgd, adam]
+    optimizers: list[torch.optim.Optimizer] = [cls_opt, adam]
     return optimizers, [LambdaLR(o, poly) for o in optimizers]
 
 
@@ -112,6 +119,8 @@ def build_everything(
         method_cfg = replace(method_cfg, warmup_steps=steps)
     seed_everything(cfg.seed)
     model = build_model(cfg.model).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     backend = None if cfg.backend == "auto" else cfg.backend
     method = HermesMethod(model, method_cfg, comm=comm, backend=backend).to(device)
     optimizers, schedulers = build_optimizers(model, cfg.optim)

@@ -34,17 +34,23 @@ def _require(ok: bool, name: str, expected: str, value: object) -> None:
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
+CLS_OPTIMIZERS = ("sgd", "adamw")
+
+
 @dataclass
 class OptimConfig:
     """The paper's two optimisers and poly schedule (METHOD.md "Optimisation").
 
-    Classification branch: SGD (``cls_lr``, ``cls_momentum``, ``cls_weight_decay``);
-    segmentation branch: Adam (``seg_lr``, ``seg_weight_decay``); both decay as
+    Classification branch: SGD (``cls_lr``, ``cls_momentum``, ``cls_weight_decay``), or AdamW
+    with ``cls_optimizer: adamw`` (``cls_lr``, ``cls_weight_decay``; for fine-tuning pretrained
+    encoders on a CPU budget); segmentation branch: Adam (``seg_lr``, ``seg_weight_decay``); both
+    decay as
     ``lr * (1 - t / steps)^poly_power``. ``grad_clip`` (max global norm per branch) is off
     (``None``) in the paper.
     """
 
     steps: int = 3000
+    cls_optimizer: str = "sgd"
     cls_lr: float = 1e-4
     cls_momentum: float = 0.9
     cls_weight_decay: float = 1e-4
@@ -55,6 +61,12 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _require(self.steps >= 1, "optim.steps", "an int >= 1", self.steps)
+        _require(
+            self.cls_optimizer in CLS_OPTIMIZERS,
+            "optim.cls_optimizer",
+            f"one of {CLS_OPTIMIZERS}",
+            self.cls_optimizer,
+        )
         for name in ("cls_lr", "seg_lr", "poly_power"):
             value = getattr(self, name)
             _require(math.isfinite(value) and value > 0, f"optim.{name}", "a number > 0", value)
@@ -125,6 +137,8 @@ class TrainConfig:
         backend: backend of the three fused ops (``auto``, ``torch``, ``triton``, ``cpp``,
             ``cuda``).
         threads: ``torch.set_num_threads`` (``None``: leave torch's default).
+        channels_last: keep the networks' weights in the channels-last memory format (on 2 CPU
+            cores an EfficientNet-Lite0 step at 128 px took 0.89 s instead of 1.46 s).
         warmup_epochs: if set, ``method.warmup_steps`` becomes this many epochs of the labeled
             loader (the public code warms up 10 epochs).
         log_every: steps between TensorBoard/history records (1: every step).
@@ -145,6 +159,7 @@ class TrainConfig:
     amp: bool = True
     backend: str = "auto"
     threads: int | None = None
+    channels_last: bool = False
     warmup_epochs: float | None = None
     log_every: int = 1
     checkpoint_every: int = 0

@@ -118,3 +118,25 @@ def test_test_transform_is_deterministic_and_invertible() -> None:
 def test_denormalize_shapes(batched: bool) -> None:
     x = torch.rand(2, 3, 5, 5) if batched else torch.rand(3, 5, 5)
     assert denormalize(normalize()(x)).shape == x.shape
+
+
+def test_flip_crop_keeps_image_and_mask_aligned_and_the_probe_on_top() -> None:
+    torch.manual_seed(0)
+    mask = blob_mask()
+    transform = LabeledTransform(augment=True, kind="flip_crop", image_size=S)
+    changed = 0
+    for _ in range(40):
+        out, out_mask = transform(as_image(mask), mask)
+        assert out.shape == (3, S, S) and out_mask.shape == (S, S)
+        assert set(out_mask.unique().tolist()) <= {0, 1}
+        assert agreement(out, out_mask) > 0.9  # bilinear vs nearest upscaling at the boundary
+        changed += int(not torch.equal(out_mask, mask))
+    assert changed >= 30
+    # A bright band at the top (the skin line) stays at the top: no rotation, no vertical flip.
+    band = torch.zeros(S, S, dtype=torch.int64)
+    band[:3] = 1
+    for _ in range(20):
+        out, out_mask = transform(as_image(band), band)
+        assert out_mask[-1].sum() == 0 and out_mask[:, 0].sum() <= out_mask[0].sum()
+    with pytest.raises(ValueError, match="must be one of"):
+        geometry("upside_down", S)

@@ -109,3 +109,21 @@ def test_encoder_without_the_strides_is_refused() -> None:
         build_model(cfg)
     with pytest.raises(ValueError, match="not a timm model"):
         build_model(ModelConfig(preset="small", cls_encoder="resnet_999", **HEADS))
+
+
+def test_identity_init_attention_is_a_uniform_scaling() -> None:
+    from hermes.models.cls import IDENTITY_BIAS
+
+    model = build_model(_config("efficientnet", attention_init="identity")).train()
+    x = torch.randn(B, 3, H, H)
+    seg = model.forward_seg(x, saliency=model.saliency(x))
+    block = model.cls.attention[1]
+    c = torch.randn(B, 24, H // 4, H // 4)
+    scale = torch.sigmoid(torch.tensor(IDENTITY_BIAS)) ** 2
+    torch.testing.assert_close(block(c, seg.features[1]), scale * c)
+    # It still learns: the zeroed layers get gradients.
+    block(c, seg.features[1].detach()).square().sum().backward()
+    assert block.attention.fc2.weight.grad.abs().sum() > 0
+    assert block.attention.spatial.weight.grad.abs().sum() > 0
+    default = build_model(_config("efficientnet")).cls.attention[1]
+    assert not torch.allclose(default(c, seg.features[1]), scale * c)

@@ -48,6 +48,10 @@ def test_overrides_nested_and_typed(tmp_path: Path) -> None:
         ("model.num_classes=5", "num_classes"),
         ("data.dataset=imagenet", "dataset"),
         ("amp=maybe", "amp"),
+        ("optim.cls_optimizer=lion", "optim.cls_optimizer"),
+        ("data.geometry=spin", "geometry"),
+        ("model.attention_init=zeros", "attention_init"),
+        ("channels_last=sometimes", "channels_last"),
     ],
 )
 def test_bad_value_names_the_field(override: str, field: str) -> None:
@@ -62,3 +66,20 @@ def test_missing_preset_is_a_clear_error() -> None:
 
 def test_defaults_construct() -> None:
     assert TrainConfig().method.mode == "hermes"
+
+
+def test_cls_optimizer_choice_builds_adamw() -> None:
+    import torch
+
+    from hermes.models import ModelConfig, build_model
+    from hermes.train.build import build_optimizers
+    from hermes.train.config import OptimConfig
+
+    model = build_model(ModelConfig(cls_widths=(8, 8, 8, 8), seg_widths=(8, 8, 8, 8)))
+    (cls_opt, seg_opt), _ = build_optimizers(
+        model, OptimConfig(cls_optimizer="adamw", cls_lr=5e-4, cls_weight_decay=0.01)
+    )
+    assert type(cls_opt) is torch.optim.AdamW and type(seg_opt) is torch.optim.Adam
+    assert cls_opt.defaults["lr"] == 5e-4 and cls_opt.defaults["weight_decay"] == 0.01
+    (sgd, _), _ = build_optimizers(model, OptimConfig())
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9

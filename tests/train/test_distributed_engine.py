@@ -92,6 +92,30 @@ def test_branch_optimizer_state_dict_round_trip():
     assert len(opt2.state) == 4  # momentum buffers (2) + Adam moments (2 params)
 
 
+def test_branch_optimizer_adamw_group_is_torch_adamw():
+    m, ref = _toy(), _toy()
+    groups = branch_param_groups(m["cls"], m["seg"], cls_lr=CLS_LR, seg_lr=SEG_LR)
+    groups[0] = {"params": groups[0]["params"], "algorithm": "adamw", "lr": CLS_LR,
+                 "weight_decay": 0.01}  # fmt: skip
+    opt = BranchOptimizer(groups)
+    opts = [
+        torch.optim.AdamW(ref["cls"].parameters(), lr=CLS_LR, weight_decay=0.01),
+        torch.optim.Adam(ref["seg"].parameters(), lr=SEG_LR),
+    ]
+    x = _batch()
+    for _ in range(STEPS):
+        opt.zero_grad()
+        _toy_loss(m, x).backward()
+        opt.step()
+        for o in opts:
+            o.zero_grad()
+        _toy_loss(ref, x).backward()
+        for o in opts:
+            o.step()
+    for (name, got), want in zip(m.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(got, want), name
+
+
 def test_branch_optimizer_rejects_unknown_algorithm():
     with pytest.raises(ValueError, match="algorithm"):
         BranchOptimizer([{"params": [nn.Parameter(torch.zeros(1))], "algorithm": "lamb", "lr": 1}])
@@ -140,9 +164,12 @@ def _method_banks(rank: int) -> dict[str, torch.Tensor]:
     engine = build_engine(method, model.cls, model.seg, cfg.optim, ds)
     g = torch.Generator().manual_seed(10 + rank)  # different images on each rank
     for step in range(2):
-        labeled = {"image": torch.randn(2, 3, 64, 64, generator=g),
-                   "mask": torch.randint(0, 2, (2, 64, 64), generator=g),
-                   "label": torch.tensor([0, 1]), "id": ["a", "b"]}
+        labeled = {
+            "image": torch.randn(2, 3, 64, 64, generator=g),
+            "mask": torch.randint(0, 2, (2, 64, 64), generator=g),
+            "label": torch.tensor([0, 1]),
+            "id": ["a", "b"],
+        }
         unlabeled = {"weak": torch.randn(2, 3, 64, 64, generator=g),
                      "strong": torch.randn(2, 3, 64, 64, generator=g),
                      "mask": torch.randint(0, 2, (2, 64, 64), generator=g),
@@ -161,7 +188,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        results = {name: _engine_run(name, rank) for name in ("zero1", "zero2", "zero3", "zero2_bf16")}
+        results = {
+            name: _engine_run(name, rank) for name in ("zero1", "zero2", "zero3", "zero2_bf16")
+        }
         results["banks"] = _method_banks(rank)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:

@@ -99,8 +99,8 @@ def build_engine(
     optim_cfg: Any,
     ds_config: dict[str, Any],
 ) -> Any:
-    """``deepspeed.initialize`` over the method with one :class:`BranchOptimizer` (SGD group
-    for ``cls_branch``, Adam group for ``seg_branch``) and the poly schedule.
+    """``deepspeed.initialize`` over the method with one :class:`BranchOptimizer` (SGD or AdamW
+    group for ``cls_branch``, Adam group for ``seg_branch``) and the poly schedule.
 
     ``optim_cfg`` is a :class:`hermes.train.config.OptimConfig`. The process group must exist.
     Returns the engine (its ``lr_scheduler`` steps with ``engine.step()``).
@@ -112,17 +112,16 @@ def build_engine(
     if not torch.distributed.is_initialized():
         raise ValueError("build_engine: torch.distributed must be initialised first")
     avoid_shm_build()
+    cls_group = {"momentum": optim_cfg.cls_momentum} if optim_cfg.cls_optimizer == "sgd" else {}
     groups = [
-        {"params": [p for p in cls_branch.parameters() if p.requires_grad], "algorithm": "sgd",
-         "lr": optim_cfg.cls_lr, "momentum": optim_cfg.cls_momentum,
+        {"params": [p for p in cls_branch.parameters() if p.requires_grad],
+         "algorithm": optim_cfg.cls_optimizer, "lr": optim_cfg.cls_lr, **cls_group,
          "weight_decay": optim_cfg.cls_weight_decay, "name": "cls"},
         {"params": [p for p in seg_branch.parameters() if p.requires_grad], "algorithm": "adam",
          "lr": optim_cfg.seg_lr, "weight_decay": optim_cfg.seg_weight_decay, "name": "seg"},
     ]  # fmt: skip
     optimizer = BranchOptimizer(groups)
-    scheduler = LambdaLR(
-        optimizer, lambda t: poly_factor(t, optim_cfg.steps, optim_cfg.poly_power)
-    )
+    scheduler = LambdaLR(optimizer, lambda t: poly_factor(t, optim_cfg.steps, optim_cfg.poly_power))
     engine, _, _, _ = deepspeed.initialize(
         model=method,
         optimizer=optimizer,

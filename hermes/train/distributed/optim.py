@@ -28,11 +28,13 @@ from torch import nn
 ALGORITHMS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
     "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
 }
 
 
 class BranchOptimizer(torch.optim.Optimizer):
-    """Parameter groups that each name their algorithm (``group["algorithm"]``: sgd | adam).
+    """Parameter groups that each name their algorithm (``group["algorithm"]``: sgd | adam |
+    adamw).
 
     Args:
         param_groups: dicts with ``params``, ``algorithm`` and that algorithm's options
