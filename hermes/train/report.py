@@ -206,6 +206,34 @@ def write_run_report(result: RunResult, classes: Sequence[str]) -> Path:
     return folder
 
 
+def setup_lines(cfg: Any) -> list[str]:
+    """What the runs were made of and how to read one seed's numbers (Markdown lines)."""
+    m, d = cfg.model, cfg.data
+    weights = {"none": "random initialisation", "imagenet": "ImageNet weights"}
+
+    def describe(encoder: str, spec: str | None) -> str:
+        return f"{encoder} ({weights.get(spec or 'none', f'weights from {spec}')})"
+
+    lines = [
+        "Setup: segmentation encoder " + describe(m.seg_encoder, m.pretrained_seg)
+        + ", classification encoder " + describe(m.cls_encoder, m.pretrained_cls)
+        + f"; dataset {d.dataset} at {d.image_size} px, {d.labeled} labeled images, "
+        f"{cfg.optim.steps} steps, seed {cfg.seed}.",
+        "",
+        "How to read this: these are one seed's numbers on one test split. Across seeds and "
+        "splits the test metrics of the same configuration spread by several points (lesion "
+        "Dice and AUC; docs/results.md in the repository has the 5-seed spreads on BUSI), so a "
+        "difference of a few points between the two columns is not evidence either way.",
+    ]  # fmt: skip
+    if "none" in (m.pretrained_seg or "none", m.pretrained_cls or "none"):
+        lines += [
+            "",
+            "An encoder was trained from random initialisation: on small labeled sets expect "
+            "weak results (model.pretrained_* = imagenet, or the lite0 preset, learn far better).",
+        ]
+    return lines
+
+
 def write_comparison_report(results: Sequence[RunResult], folder: str | Path) -> Path:
     """Side by side: ``metrics.json`` and ``summary.md`` with one column per run, linking each
     run's own report, and a figure of the test metrics over the evaluations."""
@@ -227,6 +255,7 @@ def write_comparison_report(results: Sequence[RunResult], folder: str | Path) ->
             f"| {key} | " + " | ".join(_fmt(s["final"].get(key)) for s in summaries) + " |"
         )
     lines.append("| seconds | " + " | ".join(str(s["seconds"]) for s in summaries) + " |")
+    lines += ["", *setup_lines(results[0].cfg), ""]
     lines += ["", "![test metrics over training](test_metrics.png)", ""]
     for r in results:
         rel = Path("..") / r.out_dir.name / "report" / "summary.md"

@@ -15,6 +15,7 @@ from hermes.eval.predict import main as predict_main
 from hermes.train.__main__ import main as train_main
 
 TINY_MODEL = [
+    "model.preset=small",  # random-init ResNet layout at tiny widths (the default is Lite0)
     "model.cls_widths=[8, 8, 16, 16]", "model.cls_stem_width=8",
     "model.seg_widths=[8, 8, 16, 16]", "model.seg_stem_width=8",
     "model.decoder_channels=[16, 8, 8, 8, 8]", "model.embed_dim=16", "model.proj_hidden=16",
@@ -44,6 +45,9 @@ def test_train_cli_compares_hermes_and_baseline(
 ) -> None:
     summary = (trained / "report" / "summary.md").read_text()
     assert "| hermes | supervised |" in summary.replace("metric | ", "")
+    # What the runs were made of, and a warning that random weights learn poorly.
+    assert "Setup: segmentation encoder resnet18 (random initialisation)" in summary
+    assert "How to read this" in summary and "trained from random initialisation" in summary
     runs = json.loads((trained / "report" / "metrics.json").read_text())
     assert [r["mode"] for r in runs] == ["hermes", "supervised"]
     assert (trained / "report" / "test_metrics.png").is_file()

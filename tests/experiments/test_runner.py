@@ -15,7 +15,7 @@ from hermes.experiments.runner import result_path
 TINY = [
     "data.phantom_size=24", "data.phantom_image_size=64", "data.image_size=32",
     "data.batch_size=4", "data.unlabeled_batch_size=4", "data.cache_images=true",
-    "model.cls_widths=[8,8,16,16]", "model.cls_stem_width=8", "model.seg_widths=[8,8,16,16]",
+    "model.preset=small", "model.cls_widths=[8,8,16,16]", "model.cls_stem_width=8", "model.seg_widths=[8,8,16,16]",
     "model.seg_stem_width=8", "model.decoder_channels=[16,8,8,8,8]", "model.embed_dim=8",
     "model.proj_hidden=16", "model.proj_dim=8", "model.consistency_dim=8",
     "method.max_samples=16", "method.max_views=4", "method.warmup_steps=1",

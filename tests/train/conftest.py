@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 TINY_MODEL = [
+    "model.preset=small",  # random-init ResNet layout at tiny widths (the default is Lite0)
     "model.cls_widths=[8, 8, 16, 16]", "model.cls_stem_width=8",
     "model.seg_widths=[8, 8, 16, 16]", "model.seg_stem_width=8",
     "model.decoder_channels=[16, 8, 8, 8, 8]", "model.embed_dim=16", "model.proj_hidden=16",

@@ -12,7 +12,9 @@ from hermes.train.config import TrainConfig, load_config, save_config
 def test_presets_load_and_differ() -> None:
     default = load_config("default")
     paper = load_config("paper")
-    assert default.data.dataset == "phantom" and default.model.preset == "small"
+    assert default.data.dataset == "phantom" and default.model.preset == "lite0"
+    assert default.model.pretrained_cls == default.model.pretrained_seg == "imagenet"
+    assert (paper.model.pretrained_cls, paper.model.pretrained_seg) == ("imagenet", "imagenet")
     assert paper.model.preset == "paper" and paper.data.image_size == 224
     assert paper.optim.steps == 3000 and paper.optim.cls_lr == 1e-4 and paper.optim.seg_lr == 1e-4
     assert paper.method.memory.image is False and paper.method.memory.pixel is False
