@@ -22,6 +22,7 @@ METRICS = (
     ("dice_lesion", "Table 1: lesion Dice (%)"),
     ("accuracy", "Table 2: accuracy (%)"),
     ("auc", "Not in the paper: classification AUC (%)"),
+    ("iou_lesion", "Not in the paper: lesion IoU (%)"),
 )
 PSEUDO_KEYS = (
     ("pseudo_cls/kept_unlabeled", "cls kept"),
