@@ -119,8 +119,12 @@ def build_everything(
         method_cfg = replace(method_cfg, warmup_steps=steps)
     seed_everything(cfg.seed)
     model = build_model(cfg.model).to(device)
-    if cfg.channels_last:
+    if cfg.channels_last and cfg.distributed.workers == 1:
         model = model.to(memory_format=torch.channels_last)
+    elif cfg.channels_last:
+        # DeepSpeed's parameter broadcast views every tensor as bytes, which needs the
+        # contiguous (channels-first) layout.
+        logger.info("channels_last: not used with distributed.workers > 1 (DeepSpeed)")
     backend = None if cfg.backend == "auto" else cfg.backend
     method = HermesMethod(model, method_cfg, comm=comm, backend=backend).to(device)
     optimizers, schedulers = build_optimizers(model, cfg.optim)

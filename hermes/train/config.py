@@ -138,7 +138,9 @@ class TrainConfig:
             ``cuda``).
         threads: ``torch.set_num_threads`` (``None``: leave torch's default).
         channels_last: keep the networks' weights in the channels-last memory format (on 2 CPU
-            cores an EfficientNet-Lite0 step at 128 px took 0.89 s instead of 1.46 s).
+            cores an EfficientNet-Lite0 step at 128 px took 0.89 s instead of 1.46 s). Single
+            process only: with ``distributed.workers > 1`` it is ignored (DeepSpeed's parameter
+            broadcast needs contiguous tensors).
         warmup_epochs: if set, ``method.warmup_steps`` becomes this many epochs of the labeled
             loader (the public code warms up 10 epochs).
         log_every: steps between TensorBoard/history records (1: every step).

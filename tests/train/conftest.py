@@ -31,5 +31,7 @@ def tiny_overrides(tmp_path: Path, phantom_cache: Path) -> list[str]:
         "optim.steps=4", "eval.every=2", "eval.max_batches=1", "eval.figure_images=2",
         "checkpoint_every=0", "progress=false", "method.warmup_steps=0", "method.max_views=2",
         "method.max_samples=16", "method.tau_max=0.6", "method.tau_min=0.5",
+        # SGD 0.01 moves a tiny random network enough in two steps for pseudo-labels to pass
+        "optim.cls_optimizer=sgd", "optim.cls_lr=0.01", "optim.seg_lr=0.001",
         *TINY_MODEL,
     ]  # fmt: skip

@@ -81,3 +81,18 @@ def test_stream_order_depends_on_seed_and_epoch_only() -> None:
     assert [next(b).tolist() for _ in range(3)] == first[4:7]
     c = BatchStream(loader(), seed=2, name="x")
     assert [next(c).tolist() for _ in range(3)] != first[:3]
+
+
+def test_channels_last_in_one_process_only(tiny_overrides: list[str]) -> None:
+    from hermes.train.build import build_everything
+
+    cfg = load_config("default", [*tiny_overrides, "channels_last=true"])
+    conv = _first_conv(build_everything(cfg).model)
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    # DeepSpeed's parameter broadcast needs contiguous tensors: not used with several workers.
+    cfg = load_config("default", [*tiny_overrides, "channels_last=true", "distributed.workers=2"])
+    assert _first_conv(build_everything(cfg).model).is_contiguous()
+
+
+def _first_conv(model: torch.nn.Module) -> torch.Tensor:
+    return next(p for p in model.parameters() if p.dim() == 4)
