@@ -2,7 +2,7 @@
 
 Each suite module defines ``shapes(device_type, large)`` and ``dtypes(device_type)``; the
 ``shape`` and ``dtype`` arguments of its tests are parametrised from them here, so that one module
-holds the CPU sizes, the GPU target sizes of KERNELS.md, and the larger sizes behind
+holds the CPU sizes, the GPU target sizes, and the larger sizes behind
 ``--hermes-large``.
 """
 
@@ -18,7 +18,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--hermes-large",
         action="store_true",
         default=False,
-        help="add the larger shapes (minutes more on a CPU; the GPU targets of KERNELS.md)",
+        help="add the larger shapes (minutes more on a CPU; the GPU target sizes)",
     )
 
 

@@ -45,7 +45,7 @@ class Shape:
 
 def shapes(device_type: str, large: bool) -> list[Shape]:
     """The method's sizes (classification 8 + 8 samples; segmentation at 128 px, the small
-    configuration, and at 224 px); the KERNELS.md GPU target B = 64, C = 2, 224 x 224."""
+    configuration, and at 224 px); the GPU target B = 64, C = 2, 224 x 224."""
     if device_type == "cuda":
         return [Shape(16, 2), Shape(16, 2, 224), Shape(64, 2, 224)] + (
             [Shape(64, 4, 512)] if large else []

@@ -42,7 +42,7 @@ def _depths(b: int, image: int) -> list[Shape]:
 
 
 def shapes(device_type: str, large: bool) -> list[Shape]:
-    """The four IAS depths: at 224 px and batch 16 on a GPU (the KERNELS.md target), at 224 px
+    """The four IAS depths: at 224 px and batch 16 on a GPU (the GPU target), at 224 px
     and batch 8 (a labeled batch) on the CPU; ``--hermes-large`` adds batch 16 on the CPU."""
     if device_type == "cuda":
         return _depths(16, 224) + (_depths(64, 224) if large else [])

@@ -52,7 +52,7 @@ class Shape:
 
 def shapes(device_type: str, large: bool) -> list[Shape]:
     """The method's own sizes (pixel contrast: 1024 sampled anchors, 256-d), the CPU target of
-    KERNELS.md (N = 4096, d = 128) on the CPU, and its GPU targets (N up to 65,536) on a GPU."""
+    the project (N = 4096, d = 128) on the CPU, and its GPU targets (N up to 65,536) on a GPU."""
     if device_type == "cuda":
         out = [Shape("pixel", 1024, 256, 2), Shape("supcon", 4096, 128), Shape("supcon", 16384, 128),
                Shape("infonce", 16384, 128), Shape("supcon", 65536, 128)]

@@ -85,7 +85,7 @@ def public_code_step(
     ``model`` is a :class:`hermes.models.HermesModel` built with ``detach_seg_features=False``
     (the public code does not detach: ``L_cls``'s backward runs into the segmentation branch and
     ``L_seg``'s into the classification branch through ``L_itc``). Loss terms and weights are
-    those of :class:`hermes.method.HermesMethod` (METHOD.md "Losses").
+    those of :class:`hermes.method.HermesMethod` (the paper's losses).
     """
     from hermes.method import (
         consistency_loss,

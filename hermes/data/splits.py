@@ -1,6 +1,6 @@
 """Seeded, reproducible, duplicate-aware train/test and labeled/unlabeled splits.
 
-The protocol follows METHOD.md "Splits": per class ``1 - test_fraction`` train and
+The protocol follows the paper: per class ``1 - test_fraction`` train and
 ``test_fraction`` test; from train a labeled subset of a fixed count, split evenly between the
 classes; the rest of train is unlabeled. Near-duplicate images (perceptual hash within a
 Hamming distance) form groups, and a group always lands on one side of every split.

@@ -1,4 +1,4 @@
-"""Augmentations of METHOD.md, built from ``torchvision.transforms.v2``.
+"""Augmentations of the method (the authors' code), built from ``torchvision.transforms.v2``.
 
 Images travel as ``tv_tensors.Image`` (float, 3 channels, [0, 1]) and masks as
 ``tv_tensors.Mask``, so every geometric transform moves both together (masks with nearest

@@ -1,6 +1,6 @@
 """Configuration of the Hermes method: thresholds, loss weights, warm-up, switches.
 
-Every default is the value of METHOD.md; every loss term can be switched off (weight 0 or its
+Every default is the paper's value; every loss term can be switched off (weight 0 or its
 flag) for ablations.
 """
 
@@ -20,7 +20,7 @@ def _require(ok: bool, name: str, expected: str, value: object) -> None:
 
 @dataclass
 class LossWeights:
-    """Weights of METHOD.md "Totals".
+    """Weights of the paper's total losses.
 
     ``L_cls = cls_total * (CE_l + ce_u * CE_u + contrast_img * L_contrast_img)``;
     ``L_seg = seg_total * (L_seg_sup + dice_u * Dice_u + contrast_pix * L_contrast_pix)
@@ -50,8 +50,8 @@ class LossWeights:
 
 @dataclass
 class MemoryBankConfig:
-    """Per-class queues of past (detached) features extending the contrast sets (METHOD.md
-    "Decision": optional, off in the paper preset). ``size`` entries per class."""
+    """Per-class queues of past (detached) features extending the contrast sets (the project's
+    option, not in the paper: off in the paper preset). ``size`` entries per class."""
 
     image: bool = False
     pixel: bool = False
@@ -77,14 +77,14 @@ class MethodConfig:
             ``"fixed"`` (the ablation: confidence > ``fixed_threshold`` alone).
         tau_max, tau_min: bounds of the class-wise confidence threshold.
         eta_start: the entropy threshold starts at ``eta_start * ln C`` and ramps up to
-            ``ln C`` (METHOD.md: ``eta(t) = (0.75 + 0.25 rampup(t, T)) ln C``).
+            ``ln C`` (the paper: ``eta(t) = (0.75 + 0.25 rampup(t, T)) ln C``).
         temperature, base_temperature: of both contrastive losses.
-        warmup_steps: the two contrastive losses start at this step (METHOD.md: after a warm-up;
+        warmup_steps: the two contrastive losses start at this step (the paper: after a warm-up;
             the trainer converts ``train.warmup_epochs`` into steps).
         max_samples, max_views: ContrastiveSeg hard-anchor sampling.
         itc_every, itc_length: ``lambda(t) = rampup(t // itc_every, itc_length)``.
-        detach_junctions: METHOD.md "Decision": the classification embedding inside ``L_itc``
-            is detached (the segmentation features entering the attention are detached by the
+        detach_junctions: the project's decision where the paper is silent (as the authors'
+            code): the classification embedding inside ``L_itc`` is detached (the segmentation features entering the attention are detached by the
             model, ``model.detach_seg_features``). ``False`` lets gradients flow, for experiments.
         concat_views: run the weak and strong unlabeled views through each branch as one batch
             (BatchNorm sees both views together); ``False`` runs two forward passes.
@@ -93,7 +93,7 @@ class MethodConfig:
         freeze_bn_unlabeled: the unlabeled passes normalise with their batch statistics but do
             not update BatchNorm's running statistics, so that these (used at test time) come
             from the labeled pass alone, the same path (with attention) as at test time. Not in
-            METHOD.md; off in the paper preset (see the project report for when it matters).
+            the paper; off in the paper preset (docs/results.md says when it matters).
     """
 
     mode: str = "hermes"

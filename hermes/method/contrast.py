@@ -1,4 +1,4 @@
-"""The two contrastive losses of the method (METHOD.md "Image-level" and "Pixel-level contrast").
+"""The two contrastive losses of the method (image-level and pixel-level contrast).
 
 Both go through :func:`hermes.ops.supcon_loss`, so fused backends serve them.
 """

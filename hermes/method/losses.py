@@ -1,4 +1,4 @@
-"""The method's loss terms that are not contrastive (METHOD.md "Losses").
+"""The method's loss terms that are not contrastive (the paper's losses).
 
 Every reduction goes through :func:`global_sum`, so that under data parallelism each term has
 the value of the *global* batch on every rank, and its gradient with respect to this rank's
@@ -93,7 +93,7 @@ def consistency_loss(z_cls: Tensor, z_seg: Tensor, comm: Comm = _LOCAL) -> Tenso
     """Inter-task consistency ``1 - mean cos(normalize(z_cls), normalize(z_seg))``.
 
     Shapes: z_cls, z_seg (B, D). The caller detaches ``z_cls`` when each branch must learn from
-    its own loss only (METHOD.md "Decision"). Returns 0-dim fp32.
+    its own loss only (the detached junctions). Returns 0-dim fp32.
     """
     cos = F.cosine_similarity(z_cls.float(), z_seg.float(), dim=1, eps=1e-8)
     return 1.0 - global_mean(cos.sum(), cos.numel(), comm)

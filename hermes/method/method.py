@@ -1,7 +1,7 @@
 """The Hermes method as one ``nn.Module``: labeled + unlabeled batch in, total loss out.
 
 ``HermesMethod(model, cfg, comm)`` wraps a :class:`hermes.models.HermesModel`; its forward
-computes every term of METHOD.md "Losses" and returns the total loss and a dict of detached
+computes every loss term of the paper and returns the total loss and a dict of detached
 tensors to log (the dual-threshold statistics included). A DeepSpeed engine can wrap it: the
 networks are only called through ``model(x, mode=...)``.
 

@@ -1,4 +1,4 @@
-"""Ramp-ups and thresholds that depend on the training step (METHOD.md)."""
+"""Ramp-ups and thresholds that depend on the training step (the paper's schedules)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def rampup(t: float, length: float) -> float:
 
 
 def entropy_threshold(step: int, total_steps: int, num_classes: int, start: float = 0.75) -> float:
-    """``eta(t) = (start + (1 - start) * rampup(t, T)) * ln C`` in nats (METHOD.md: start 0.75)."""
+    """``eta(t) = (start + (1 - start) * rampup(t, T)) * ln C`` in nats (the paper: start 0.75)."""
     return (start + (1.0 - start) * rampup(step, total_steps)) * math.log(num_classes)
 
 

@@ -95,7 +95,7 @@ class ModelConfig:
         attention: inter-task attention of segmentation features into classification.
         saliency: input-gradient saliency of the classification branch fed to the decoder.
         detach_seg_features: stop the classification loss' gradient at the segmentation
-            features entering the attention (METHOD.md "Decision").
+            features entering the attention (the authors' code does; the paper is silent).
         pretrained_cls: weights of the classification encoder: ``"none"`` (random
             initialisation), ``"imagenet"`` (weights shipped by an installed package, else
             timm's hub, else an error saying which file to pass) or the path of a local

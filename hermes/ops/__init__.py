@@ -1,4 +1,4 @@
-"""The public fused ops of Hermes (see KERNELS.md). Importing this imports torch only.
+"""The public fused ops of Hermes (contracts in each op's docstring). Importing this imports torch only.
 
 >>> from hermes.ops import supcon_loss, dual_threshold, inter_task_attention, SupConLoss
 """

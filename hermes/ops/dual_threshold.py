@@ -1,6 +1,6 @@
 """Dual-threshold pseudo-labels: class-wise adaptive confidence AND entropy thresholds.
 
-Semantics (``../shared/METHOD.md``): on the softmax ``p`` of the logits, per sample (B, C) or per
+Semantics (the Hermes paper's dual threshold): on the softmax ``p`` of the logits, per sample (B, C) or per
 pixel (B, C, H, W): ``label = argmax p``, ``confidence = max p``,
 ``entropy = -sum_c p_c log(p_c + 1e-6)``; with ``r_c`` the fraction of the (valid) pseudo-labels
 equal to ``c``, ``tau_c = tau_max - (tau_max - tau_min) * (1 - r_c)``; an entry is *reliable*

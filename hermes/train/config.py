@@ -39,7 +39,7 @@ CLS_OPTIMIZERS = ("sgd", "adamw")
 
 @dataclass
 class OptimConfig:
-    """The paper's two optimisers and poly schedule (METHOD.md "Optimisation").
+    """The paper's two optimisers and poly schedule (the paper's optimisation).
 
     Classification branch: SGD (``cls_lr``, ``cls_momentum``, ``cls_weight_decay``), or AdamW
     with ``cls_optimizer: adamw`` (``cls_lr``, ``cls_weight_decay``; for fine-tuning pretrained

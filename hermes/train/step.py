@@ -44,7 +44,7 @@ def train_step(
     """Zero the gradients, compute the method's loss, one backward pass, step every optimiser
     and schedule. Batches must already be on the method's device.
 
-    With the detached junctions of METHOD.md ("Decision"), one backward of ``L_cls + L_seg``
+    With the detached junctions (the seg features entering the attention and the cls embedding in ``L_itc``), one backward of ``L_cls + L_seg``
     gives each branch exactly the gradient of its own loss, so stepping the two optimisers after
     one backward equals the public code's two backward passes.
 

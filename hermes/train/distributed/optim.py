@@ -1,7 +1,7 @@
 """One optimiser with an SGD group and an Adam group, for one DeepSpeed engine.
 
 The method trains the classification branch with SGD and the segmentation branch with Adam
-(METHOD.md "Optimisation"). A DeepSpeed engine takes one client optimiser, and ZeRO flattens
+(the paper's optimisation). A DeepSpeed engine takes one client optimiser, and ZeRO flattens
 each of its parameter groups into partitions, replacing ``group["params"]`` in place. So the two
 branches become two parameter groups of one :class:`BranchOptimizer`, whose ``step`` runs
 PyTorch's own ``SGD`` and ``Adam`` on their groups. The inner optimisers share the outer
@@ -13,7 +13,7 @@ optimiser's group dicts and state, so:
 
 Decision (issue 6): one engine with this composite optimiser, not two engines. Two engines
 would mean two ZeRO partitions, two gradient all-reduces and two checkpoints per step; one
-engine keeps the single backward pass of ``L_cls + L_seg`` that METHOD.md's detach decisions
+engine keeps the single backward pass of ``L_cls + L_seg`` that the detached junctions
 make exact.
 """
 
@@ -95,7 +95,7 @@ def branch_param_groups(
     cls_weight_decay: float = 1e-4,
     seg_lr: float = 1e-4,
 ) -> list[dict[str, Any]]:
-    """METHOD.md's optimisers as two groups: SGD for the classification branch, Adam for the
+    """The paper's optimisers as two groups: SGD for the classification branch, Adam for the
     segmentation branch (only parameters that require a gradient)."""
     return [
         {
