@@ -34,7 +34,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # ``conv_head``/``bn2`` are the EfficientNet head that a features-only encoder drops).
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "global_pool.", "conv_head.", "bn2.")
 _WRAPPERS = ("state_dict", "model", "module")
-SOURCES = ("none", "imagenet")  # besides a file path
 
 
 # ---------------------------------------------------------------------- packaged weights
@@ -160,7 +159,8 @@ def create_encoder(
     path = packaged.path() if packaged is not None else None
     if path is not None:
         encoder = timm.create_model(name, pretrained=False, **kwargs)
-        reference = timm.create_model(name, pretrained=False).state_dict()
+        with torch.device("meta"):  # timm's names and shapes only, no memory, no init
+            reference = timm.create_model(name, pretrained=False).state_dict()
         state = packaged.convert(read_state_dict(path, what=what), reference)
         load_encoder_weights(encoder, state, path=path, what=what)
         return encoder
