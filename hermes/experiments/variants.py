@@ -1,4 +1,5 @@
-"""The variants of the paper's comparison: supervised-only, Hermes and its ablations.
+"""The variants of the comparison: supervised-only, Hermes, its ablations, and the standard
+semi-supervised baselines (Mean Teacher, FixMatch).
 
 Each variant is a name, a one-line description and the ``--set`` overrides (``(key, value)``
 pairs of :func:`hermes.train.load_config`) that turn the base configuration into it. Every
@@ -48,6 +49,8 @@ VARIANTS: dict[str, Variant] = {
             "Hermes without the contrastive terms (image and pixel)",
             (("method.weights.contrast_img", 0.0), ("method.weights.contrast_pix", 0.0)),
         ),
+        Variant("mean_teacher", "Mean Teacher", (("method.mode", "mean_teacher"),)),
+        Variant("fixmatch", "FixMatch (threshold 0.95)", (("method.mode", "fixmatch"),)),
     )
 }
 """All variants, in table order."""

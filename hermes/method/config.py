@@ -1,7 +1,8 @@
-"""Configuration of the Hermes method: thresholds, loss weights, warm-up, switches.
+"""Configuration of the methods: Hermes (thresholds, loss weights, warm-up, switches) and the
+two baselines beside it (Mean Teacher, FixMatch).
 
-Every default is the paper's value; every loss term can be switched off (weight 0 or its
-flag) for ablations.
+Every Hermes default is the paper's value; every loss term can be switched off (weight 0 or its
+flag) for ablations. The baselines' defaults are their original papers' (see each class).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-MODES = ("hermes", "supervised")
+MODES = ("hermes", "supervised", "mean_teacher", "fixmatch")
 PSEUDO_LABELS = ("dual", "fixed")
 
 
@@ -66,13 +67,66 @@ class MemoryBankConfig:
         )
 
 
+def _check_numbers(section: str, obj: object, low: float, high: float = math.inf) -> None:
+    for name, value in vars(obj).items():
+        _require(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high,
+            f"method.{section}.{name}",
+            f"a number in [{low}, {high}]",
+            value,
+        )
+
+
+@dataclass
+class MeanTeacherConfig:
+    """Mean Teacher (Tarvainen & Valpola, 2017) for both branches (``method.mode: mean_teacher``).
+
+    The teacher is an exponential moving average of the networks' weights,
+    ``theta' <- a theta' + (1 - a) theta`` with ``a = min(1 - 1 / (t + 1), ema_decay)`` (the
+    original's ramp); the consistency is the squared difference of the student's softmax on the
+    strong view and the teacher's on the weak view, with weight
+    ``weight * rampup(t, rampup * T)`` (the sigmoid ramp-up, over a fraction of the ``T`` steps).
+    ``weight_cls`` 10 is the original's ImageNet setting; ``weight_seg`` 0.1 is SSL4MIS's
+    per-pixel one.
+    """
+
+    ema_decay: float = 0.99
+    weight_cls: float = 10.0
+    weight_seg: float = 0.1
+    rampup: float = 0.3
+
+    def __post_init__(self) -> None:
+        _check_numbers("mean_teacher", self, 0.0)
+        _require(self.ema_decay <= 1.0, "method.mean_teacher.ema_decay", "a number in [0, 1]",
+                 self.ema_decay)  # fmt: skip
+
+
+@dataclass
+class FixMatchConfig:
+    """FixMatch (Sohn et al., 2020) for both branches (``method.mode: fixmatch``): the weak
+    view's prediction, kept where its confidence exceeds ``threshold``, is the target of a
+    cross-entropy on the strong view, per image (``weight_cls``, the original's 1) and per pixel
+    (``weight_seg``; 0.5 keeps UniMatch's ratio of unlabeled to supervised loss)."""
+
+    threshold: float = 0.95
+    weight_cls: float = 1.0
+    weight_seg: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check_numbers("fixmatch", self, 0.0)
+        _require(self.threshold <= 1.0, "method.fixmatch.threshold", "a number in [0, 1]",
+                 self.threshold)  # fmt: skip
+
+
 @dataclass
 class MethodConfig:
     """Everything the method needs besides the networks.
 
     Attributes:
-        mode: ``"hermes"`` (semi-supervised) or ``"supervised"`` (labeled data alone, same
-            networks and supervised losses).
+        mode: ``"hermes"`` (semi-supervised), ``"supervised"`` (labeled data alone, same
+            networks and supervised losses), or one of the baselines ``"mean_teacher"`` and
+            ``"fixmatch"`` (same networks and supervised losses; their settings in
+            ``mean_teacher`` and ``fixmatch``; ``freeze_bn_unlabeled`` applies to them too).
         pseudo_labels: ``"dual"`` (class-wise adaptive confidence AND entropy thresholds) or
             ``"fixed"`` (the ablation: confidence > ``fixed_threshold`` alone).
         tau_max, tau_min: bounds of the class-wise confidence threshold.
@@ -115,6 +169,8 @@ class MethodConfig:
     freeze_bn_unlabeled: bool = False
     weights: LossWeights = field(default_factory=LossWeights)
     memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
+    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
 
     def __post_init__(self) -> None:
         _require(self.mode in MODES, "method.mode", f"one of {MODES}", self.mode)

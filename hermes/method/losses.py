@@ -83,7 +83,8 @@ def masked_cross_entropy(
 ) -> Tensor:
     """Cross-entropy times the mask, averaged over the *whole* batch (masked entries count as 0).
 
-    Shapes: logits (B, C); target (B,) int64; mask (B,) bool or float. Returns 0-dim fp32.
+    Shapes: logits (B, C) or (B, C, H, W); target and mask of the logits' shape without the
+    class dimension (int64; bool or float). Returns 0-dim fp32.
     """
     ce = F.cross_entropy(logits.float(), target, reduction="none")
     return global_mean((ce * mask.float()).sum(), target.numel(), comm)
@@ -97,3 +98,14 @@ def consistency_loss(z_cls: Tensor, z_seg: Tensor, comm: Comm = _LOCAL) -> Tenso
     """
     cos = F.cosine_similarity(z_cls.float(), z_seg.float(), dim=1, eps=1e-8)
     return 1.0 - global_mean(cos.sum(), cos.numel(), comm)
+
+
+def softmax_mse(student: Tensor, teacher: Tensor, comm: Comm = _LOCAL) -> Tensor:
+    """Mean Teacher's consistency: the squared difference of the two softmaxes, averaged over
+    every sample (or pixel) and class of the global batch; the teacher's side is detached.
+
+    Shapes: student, teacher (B, C) or (B, C, H, W) logits. Returns 0-dim fp32.
+    """
+    p = torch.softmax(student.float(), dim=1)
+    q = torch.softmax(teacher.detach().float(), dim=1)
+    return global_mean(((p - q) ** 2).sum(), p.numel(), comm)

@@ -130,19 +130,16 @@ class HermesMethod(nn.Module):
         x, mask, y = labeled["image"], labeled["mask"].long(), labeled["label"].long()
 
         # Labeled pass: attention in (IAS), as the public code.
-        sal = self.model(x, mode="saliency")
-        seg_l = self.model(x, mode="seg", saliency=sal)
-        cls_l = self.model(x, mode="cls", seg_features=self._attention_features(seg_l))
-        ce_l = cross_entropy_mean(cls_l.logits, y, comm)
-        seg_ce = cross_entropy_mean(seg_l.logits, mask, comm)
-        seg_dice = dice_loss(seg_l.logits, mask, comm=comm)
+        cls_l, seg_l = full_forward(self.model, x)
+        ce_l, seg_ce, seg_dice = supervised_terms(cls_l.logits, seg_l.logits, y, mask, comm)
         seg_sup = w.seg_ce * seg_ce + w.seg_dice * seg_dice
 
         eta_cls = entropy_threshold(step, total_steps, self.num_classes, cfg.eta_start)
         eta_seg = entropy_threshold(step, total_steps, self.seg_classes, cfg.eta_start)
         with torch.no_grad():
-            self._log_truth(logs, "cls", self._pseudo_label(cls_l.logits, eta_cls), y, "labeled")
-            self._log_truth(logs, "seg", self._pseudo_label(seg_l.logits, eta_seg), mask, "labeled")
+            pl_l = self._pseudo_label(cls_l.logits, eta_cls)
+            log_truth(logs, "cls", pl_l, y, "labeled", comm)
+            log_truth(logs, "seg", self._pseudo_label(seg_l.logits, eta_seg), mask, "labeled", comm)
 
         zero = ce_l.new_zeros(())
         ce_u = dice_u = contrast_img = contrast_pix = itc = zero
@@ -151,14 +148,16 @@ class HermesMethod(nn.Module):
             cls_u, seg_u = self._unlabeled_forward(unlabeled["weak"], unlabeled["strong"])
             pl_cls = self._pseudo_label(cls_u.weak.logits, eta_cls)
             pl_seg = self._pseudo_label(seg_u.weak.logits, eta_seg)
-            self._log_pseudo(logs, "cls", pl_cls)
-            self._log_pseudo(logs, "seg", pl_seg)
+            log_pseudo(logs, "cls", pl_cls)
+            log_pseudo(logs, "seg", pl_seg)
             if cfg.unlabeled_truth_stats:
                 with torch.no_grad():
                     if "label" in unlabeled:
-                        self._log_truth(logs, "cls", pl_cls, unlabeled["label"].long(), "unlabeled")
+                        truth = unlabeled["label"].long()
+                        log_truth(logs, "cls", pl_cls, truth, "unlabeled", comm)
                     if "mask" in unlabeled:
-                        self._log_truth(logs, "seg", pl_seg, unlabeled["mask"].long(), "unlabeled")
+                        truth = unlabeled["mask"].long()
+                        log_truth(logs, "seg", pl_seg, truth, "unlabeled", comm)
 
             if w.ce_u > 0:
                 ce_u = masked_cross_entropy(
@@ -211,9 +210,6 @@ class HermesMethod(nn.Module):
         return total * comm.world_size, logs
 
     # ------------------------------------------------------------------ parts
-    def _attention_features(self, seg: Any) -> list[Tensor] | None:
-        return seg.features if self.model.cfg.attention and seg.features else None
-
     def _unlabeled_forward(self, weak: Tensor, strong: Tensor) -> tuple[_Views, _Views]:
         """Both branches on both views (no attention on unlabeled passes, as the public code)."""
         with frozen_bn_statistics(self.model, self.cfg.freeze_bn_unlabeled):
@@ -288,44 +284,64 @@ class HermesMethod(nn.Module):
             keep = self.comm.all_gather(keep.to(torch.uint8)).bool()
         bank.enqueue(feats, labels, keep)
 
-    # ------------------------------------------------------------------ logging
-    def _log_pseudo(self, logs: dict[str, Tensor], task: str, out: DualThresholdOutput) -> None:
-        """Thresholds, histogram fractions, kept fractions per class, mean confidence/entropy."""
-        s = out.stats
-        hist = s.histogram.float()
-        frac = hist / hist.sum().clamp(min=1)
-        per_class = {
-            "threshold": out.thresholds, "label_fraction": frac, "kept_confident": s.kept_confident,
-            "kept_certain": s.kept_certain, "kept_reliable": s.kept_reliable,
-        }  # fmt: skip
-        for name, values in per_class.items():
-            for c, v in enumerate(values.detach().unbind(0)):
-                logs[f"pseudo_{task}/{name}_{c}"] = v
-        logs[f"pseudo_{task}/kept"] = (s.kept_reliable * frac).sum().detach()
-        logs[f"pseudo_{task}/mean_confidence"] = s.mean_confidence.detach()
-        logs[f"pseudo_{task}/mean_entropy"] = s.mean_entropy.detach()
 
-    def _log_truth(
-        self,
-        logs: dict[str, Tensor],
-        task: str,
-        out: DualThresholdOutput,
-        truth: Tensor,
-        where: str,
-    ) -> None:
-        """Pseudo-label accuracy of the kept and the dropped entries against known truth."""
-        valid = torch.isfinite(out.confidence)
-        correct = out.labels == truth
-        kept = out.reliable & valid
-        dropped = ~out.reliable & valid
-        sums = torch.stack([
-            (correct & kept).sum(), kept.sum(), (correct & dropped).sum(), dropped.sum(), valid.sum()
-        ]).float()  # fmt: skip
-        if self.comm.world_size > 1:
-            sums = self.comm.all_reduce_sum(sums)
-        nan = torch.full_like(sums[0], math.nan)
-        logs[f"pseudo_{task}/acc_kept_{where}"] = torch.where(sums[1] > 0, sums[0] / sums[1], nan)
-        logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(
-            sums[3] > 0, sums[2] / sums[3], nan
-        )
-        logs[f"pseudo_{task}/kept_{where}"] = sums[1] / sums[4].clamp(min=1)
+def full_forward(model: nn.Module, x: Tensor) -> tuple[Any, Any]:
+    """Both branches as at test time: saliency -> segmentation -> classification with the
+    segmentation features entering the attention (when ``model.cfg.attention``). Returns
+    ``(ClsOutput, SegOutput)``; gradients flow as the model's detach settings say."""
+    sal = model(x, mode="saliency")
+    seg = model(x, mode="seg", saliency=sal)
+    features = seg.features if model.cfg.attention and seg.features else None
+    return model(x, mode="cls", seg_features=features), seg
+
+
+def supervised_terms(
+    cls_logits: Tensor, seg_logits: Tensor, label: Tensor, mask: Tensor, comm: Comm
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The labeled losses every method shares: ``(CE_l, segmentation CE, segmentation Dice)``
+    over the global batch."""
+    ce_l = cross_entropy_mean(cls_logits, label, comm)
+    return ce_l, cross_entropy_mean(seg_logits, mask, comm), dice_loss(seg_logits, mask, comm=comm)
+
+
+def log_pseudo(logs: dict[str, Tensor], task: str, out: DualThresholdOutput) -> None:
+    """Thresholds, histogram fractions, kept fractions per class, mean confidence/entropy."""
+    s = out.stats
+    hist = s.histogram.float()
+    frac = hist / hist.sum().clamp(min=1)
+    per_class = {
+        "threshold": out.thresholds, "label_fraction": frac, "kept_confident": s.kept_confident,
+        "kept_certain": s.kept_certain, "kept_reliable": s.kept_reliable,
+    }  # fmt: skip
+    for name, values in per_class.items():
+        for c, v in enumerate(values.detach().unbind(0)):
+            logs[f"pseudo_{task}/{name}_{c}"] = v
+    logs[f"pseudo_{task}/kept"] = (s.kept_reliable * frac).sum().detach()
+    logs[f"pseudo_{task}/mean_confidence"] = s.mean_confidence.detach()
+    logs[f"pseudo_{task}/mean_entropy"] = s.mean_entropy.detach()
+
+
+def log_truth(
+    logs: dict[str, Tensor],
+    task: str,
+    out: DualThresholdOutput,
+    truth: Tensor,
+    where: str,
+    comm: Comm,
+) -> None:
+    """Pseudo-label accuracy of the kept and the dropped entries against known truth."""
+    valid = torch.isfinite(out.confidence)
+    correct = out.labels == truth
+    kept = out.reliable & valid
+    dropped = ~out.reliable & valid
+    sums = torch.stack([
+        (correct & kept).sum(), kept.sum(), (correct & dropped).sum(), dropped.sum(), valid.sum()
+    ]).float()  # fmt: skip
+    if comm.world_size > 1:
+        sums = comm.all_reduce_sum(sums)
+    nan = torch.full_like(sums[0], math.nan)
+    logs[f"pseudo_{task}/acc_kept_{where}"] = torch.where(sums[1] > 0, sums[0] / sums[1], nan)
+    logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(
+        sums[3] > 0, sums[2] / sums[3], nan
+    )
+    logs[f"pseudo_{task}/kept_{where}"] = sums[1] / sums[4].clamp(min=1)

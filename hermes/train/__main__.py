@@ -7,6 +7,7 @@ printed and written to ``<out>/report/`` (each run has its own ``<out>/<name>/re
     python -m hermes.train                                  # phantom, Hermes vs supervised-only
     python -m hermes.train --data /path/Dataset_BUSI_with_GT --dataset busi --set optim.steps=200
     python -m hermes.train --config paper --set data.labeled=72 --baseline none
+    python -m hermes.train --method fixmatch             # or mean_teacher, vs supervised-only
     python -m hermes.train --resume runs/default/hermes/last.pt
 """
 
@@ -49,6 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="supervised",
         help="also train the supervised-only baseline and compare (default)",
     )
+    parser.add_argument(
+        "--method",
+        choices=("hermes", "mean_teacher", "fixmatch"),
+        help="the semi-supervised method (sets method.mode and the run's name; default hermes)",
+    )
     parser.add_argument("--out", help="output folder (default: the config's out_dir)")
     parser.add_argument("--backend", choices=BACKENDS, help="backend of the fused ops")
     parser.add_argument("--resume", help="continue a run from its checkpoint (no baseline)")
@@ -70,6 +76,8 @@ def build_config(args: argparse.Namespace) -> Any:
         if args.data is None and args.dataset != "phantom":
             raise ValueError(f"--dataset {args.dataset} needs --data PATH")
         overrides += [("data.dataset", args.dataset), ("data.root", args.data)]
+    if args.method is not None:
+        overrides += [("method.mode", args.method), ("name", args.method)]
     if args.backend is not None:
         overrides.append(("backend", args.backend))
     if args.out is not None:
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         root = Path(cfg.out_dir)
         runs = [replace(cfg, out_dir=str(root / cfg.name))]
-        if args.baseline == "supervised" and cfg.method.mode == "hermes":
+        if args.baseline == "supervised" and cfg.method.mode != "supervised":
             runs.append(
                 replace(cfg, name="supervised", out_dir=str(root / "supervised"),
                         method=replace(cfg.method, mode="supervised"))

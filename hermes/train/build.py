@@ -1,7 +1,8 @@
 """Everything a training run is made of, built from a :class:`TrainConfig`.
 
 ``build_everything(cfg)`` is shared by the single-process trainer and the distributed one
-(``hermes.train.distributed``): it returns the data, the networks, the method module, the two
+(``hermes.train.distributed``): it returns the data, the networks, the method module
+(:func:`hermes.method.build_method`: Hermes or a baseline, by ``method.mode``), the two
 optimisers and their poly schedules.
 """
 
@@ -18,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from hermes.comm import Comm
 from hermes.data import Data, build_data
-from hermes.method import HermesMethod, poly_factor
+from hermes.method import build_method, poly_factor
 from hermes.models import HermesModel, build_model
 from hermes.train.config import OptimConfig, TrainConfig
 
@@ -37,7 +38,7 @@ class Components:
     cfg: TrainConfig
     data: Data
     model: HermesModel
-    method: HermesMethod
+    method: torch.nn.Module
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[LambdaLR]
     device: torch.device
@@ -126,7 +127,7 @@ def build_everything(
         # contiguous (channels-first) layout.
         logger.info("channels_last: not used with distributed.workers > 1 (DeepSpeed)")
     backend = None if cfg.backend == "auto" else cfg.backend
-    method = HermesMethod(model, method_cfg, comm=comm, backend=backend).to(device)
+    method = build_method(model, method_cfg, comm=comm, backend=backend).to(device)
     optimizers, schedulers = build_optimizers(model, cfg.optim)
     n_cls = sum(p.numel() for p in model.cls.parameters())
     n_seg = sum(p.numel() for p in model.seg.parameters())

@@ -22,10 +22,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+PSEUDO_LABEL_MODES = ("hermes", "fixmatch")  # the methods that log pseudo-label statistics
+
 METRICS = ("dice_lesion", "iou_lesion", "dice_mean", "iou_mean", "accuracy", "sensitivity",
            "specificity", "auc")  # fmt: skip
 LOSS_KEYS = ("loss/total", "loss/ce_l", "loss/seg_sup", "loss/ce_u", "loss/dice_u",
-             "loss/contrast_img", "loss/contrast_pix", "loss/itc")  # fmt: skip
+             "loss/contrast_img", "loss/contrast_pix", "loss/itc", "loss/unsup_cls",
+             "loss/unsup_seg")  # fmt: skip
 
 
 def _series(history: list[dict[str, float]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +181,7 @@ def write_run_report(result: RunResult, classes: Sequence[str]) -> Path:
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
     name = result.cfg.name
     plot_losses(result.state.history, folder / "losses.png", name)
-    if result.cfg.method.mode == "hermes":
+    if result.cfg.method.mode in PSEUDO_LABEL_MODES:
         plot_pseudo_labels(result.state.history, folder / "pseudo_labels.png", name)
     if result.final is not None:
         plot_masks(result.final.images, result.final.masks, result.final.predictions,
@@ -196,7 +199,7 @@ def write_run_report(result: RunResult, classes: Sequence[str]) -> Path:
     for key in METRICS:
         lines.append(f"| {key} | {_fmt(summary['final'].get(key))} | {_fmt(best.get(key))} |")
     lines += ["", "![losses](losses.png)", ""]
-    if result.cfg.method.mode == "hermes":
+    if result.cfg.method.mode in PSEUDO_LABEL_MODES:
         lines += ["Pseudo-labels (mean of the last 20% of steps):", ""]
         lines += [f"- {k}: {_fmt(v)}" for k, v in summary["pseudo_labels_last_20pct"].items()]
         lines += ["", "![pseudo-labels](pseudo_labels.png)", ""]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,11 @@ def test_each_variant_changes_only_its_fields(tmp_path: Path) -> None:
     assert cfgs["no_itc"].method.weights.itc == 0.0 and base.method.weights.itc > 0
     w = cfgs["no_contrast"].method.weights
     assert w.contrast_img == 0.0 and w.contrast_pix == 0.0
+    assert cfgs["mean_teacher"].method.mode == "mean_teacher"
+    assert cfgs["fixmatch"].method.mode == "fixmatch"
+    for name in ("mean_teacher", "fixmatch"):  # the baselines differ from Hermes in the mode only
+        assert replace(cfgs[name].method, mode="hermes") == base.method
+        assert cfgs[name].model == base.model
     for cfg in cfgs.values():
         assert cfg.seed == 1 and cfg.data.labeled == 40
         assert cfg.data.split_file == str(tmp_path / "splits" / "labeled40_seed1.json")

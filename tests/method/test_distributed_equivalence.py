@@ -13,7 +13,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from hermes.method import cross_entropy_mean, dice_loss, image_contrast
+from hermes.method import (
+    cross_entropy_mean,
+    dice_loss,
+    image_contrast,
+    masked_cross_entropy,
+    softmax_mse,
+)
 
 WORLD = 2
 B = 3  # per rank
@@ -30,6 +36,7 @@ def global_inputs() -> dict[str, torch.Tensor]:
         "seg": torch.randn(n, 2, 4, 4, generator=g),
         "mask": (torch.rand(n, 4, 4, generator=g) > 0.6).long(),
         "cls": torch.randn(n, 2, generator=g),
+        "keep": torch.rand(n, 4, 4, generator=g) > 0.5,
     }
 
 
@@ -39,6 +46,11 @@ def losses(x: dict[str, torch.Tensor], comm=None) -> dict[str, torch.Tensor]:
         "contrast": image_contrast(x["strong"], x["weak"], x["labels"], x["reliable"], **kw),
         "dice": dice_loss(x["seg"], x["mask"], weight=x["mask"] >= 0, **kw),
         "ce": cross_entropy_mean(x["cls"], x["labels"], **kw),
+        # the baselines' terms: Mean Teacher's consistency, FixMatch's kept cross-entropies
+        "mse_cls": softmax_mse(x["cls"], x["strong"][:, :2], **kw),
+        "mse_seg": softmax_mse(x["seg"], x["seg"].flip(1) * 0.5, **kw),
+        "fixmatch_cls": masked_cross_entropy(x["cls"], x["labels"], x["reliable"], **kw),
+        "fixmatch_seg": masked_cross_entropy(x["seg"], x["mask"], x["keep"], **kw),
     }
 
 

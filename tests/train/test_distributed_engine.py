@@ -5,7 +5,8 @@
 - under DeepSpeed ZeRO-1, 2 and 3 (the shipped JSON configs), 2 workers on halves of a batch
   reach the weights of a single process with SGD + Adam on the whole batch; bf16 autocast
   comes close;
-- the Hermes method inside the engine keeps its memory banks identical on both ranks.
+- the Hermes method inside the engine keeps its memory banks identical on both ranks;
+- Mean Teacher's EMA teacher stays identical on both ranks (and FixMatch runs in the engine).
 """
 
 from __future__ import annotations
@@ -180,6 +181,46 @@ def _method_banks(rank: int) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in method.state_dict().items() if "_bank." in k}
 
 
+def _baselines(rank: int) -> dict[str, torch.Tensor]:
+    """Three steps of Mean Teacher then one of FixMatch in a ZeRO-2 engine, different images on
+    each rank: the teachers' (and the students') weights must end identical on both ranks."""
+    from hermes.method import MethodConfig, build_method
+    from hermes.models import ModelConfig, build_model
+    from hermes.train.config import OptimConfig
+    from hermes.train.distributed.comm import TorchDistComm
+    from hermes.train.distributed.engine import build_engine, load_deepspeed_config
+
+    out: dict[str, torch.Tensor] = {}
+    for mode in ("mean_teacher", "fixmatch"):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(
+            preset="small", cls_widths=(8, 8, 16, 16), cls_stem_width=8, seg_widths=(8, 8, 16, 16),
+            seg_stem_width=8, decoder_channels=(16, 8, 8, 8, 8), embed_dim=16, proj_hidden=16,
+            proj_dim=8, consistency_dim=8, image_size=32, decoder_dropout=0.0,
+        ))  # fmt: skip
+        initial = {k: v.clone() for k, v in model.state_dict().items()}
+        method = build_method(model, MethodConfig(mode=mode), comm=TorchDistComm())
+        ds = load_deepspeed_config("zero2", micro_batch=2, grad_clip=None, use_gpu=False)
+        engine = build_engine(method, model.cls, model.seg, OptimConfig(steps=100), ds)
+        g = torch.Generator().manual_seed(20 + rank)
+        for step in range(3 if mode == "mean_teacher" else 1):
+            labeled = {"image": torch.randn(2, 3, 32, 32, generator=g),
+                       "mask": torch.randint(0, 2, (2, 32, 32), generator=g),
+                       "label": torch.tensor([0, 1])}  # fmt: skip
+            unlabeled = {"weak": torch.randn(2, 3, 32, 32, generator=g),
+                         "strong": torch.randn(2, 3, 32, 32, generator=g)}  # fmt: skip
+            loss, _ = engine(labeled, unlabeled, step=step, total_steps=10)
+            engine.backward(loss)
+            engine.step()
+            out[f"{mode}/loss{step}"] = loss.detach().clone()
+        # weights only: BatchNorm running statistics are per rank by construction
+        for k, v in method.named_parameters():
+            out[f"{mode}/{k}"] = v.detach().clone()
+        if mode == "mean_teacher":
+            out.update({f"initial/{k}": v for k, v in initial.items()})
+    return out
+
+
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     import os
 
@@ -192,6 +233,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             name: _engine_run(name, rank) for name in ("zero1", "zero2", "zero3", "zero2_bf16")
         }
         results["banks"] = _method_banks(rank)
+        results["baselines"] = _baselines(rank)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -230,3 +272,30 @@ def test_memory_banks_identical_on_every_rank(ranks):
     assert counts and all(int(c.sum()) > 0 for c in counts), counts  # something was enqueued
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.dist
+def test_mean_teacher_identical_on_every_rank(ranks):
+    a, b = ranks[0]["baselines"], ranks[1]["baselines"]
+    teacher = [k for k in a if k.startswith("mean_teacher/teacher.")]
+    assert teacher
+    for key in a:
+        if not key.startswith("initial/"):
+            assert torch.equal(a[key], b[key]), key
+    assert all(torch.isfinite(a[k]).all() for k in a if "/loss" in k)
+    # the teacher moved (two EMA updates) and is not the student
+    moved = [k for k in teacher if "weight" in k
+             and not torch.equal(a[k], a[f"initial/{k.split('teacher.', 1)[1]}"])]  # fmt: skip
+    assert moved
+    assert any(not torch.equal(a[k], a[k.replace("/teacher.", "/model.")]) for k in moved)
+
+
+def test_mean_teacher_refuses_zero3_before_any_worker_starts():
+    from hermes.train.distributed.engine import check_method, load_deepspeed_config
+
+    zero3 = load_deepspeed_config("zero3", micro_batch=2, grad_clip=None, use_gpu=False)
+    with pytest.raises(ValueError, match="method.mode.*stage 3"):
+        check_method("mean_teacher", zero3)
+    check_method("fixmatch", zero3)
+    check_method("mean_teacher", load_deepspeed_config("zero2", micro_batch=2, grad_clip=None,
+                                                       use_gpu=False))  # fmt: skip

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes.train.config import TrainConfig, to_dict
+from hermes.train.distributed.engine import check_method, load_deepspeed_config
 from hermes.train.distributed.worker import FAULT_ENV, train_loop_per_worker
 
 logger = logging.getLogger("hermes.train.distributed")
@@ -66,6 +67,11 @@ def train_on_ray(
         raise FileNotFoundError(
             f"resume: {resume} is not a checkpoint of a distributed run (no deepspeed/ folder)"
         )
+    ds_cfg = load_deepspeed_config(
+        dcfg.deepspeed_config, micro_batch=cfg.data.batch_size, grad_clip=cfg.optim.grad_clip,
+        use_gpu=dcfg.use_gpu,
+    )  # fmt: skip
+    check_method(cfg.method.mode, ds_cfg)  # before any worker starts
     start = time.perf_counter()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
