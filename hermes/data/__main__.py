@@ -1,9 +1,13 @@
 """``python -m hermes.data ROOT``: inspect a dataset folder and optionally write a split.
 
-Reports counts per class, image sizes, masks per image (and whether every mask file belongs
-to an image), problems found (missing masks, unreadable files, size mismatches, unlabeled
-images) and near-duplicate groups (perceptual hash). ``--split-out PATH`` writes a split of
-the classes given by ``--classes`` (default benign and malignant) to a JSON file.
+Decodes every image and mask, and reports counts per class, image sizes, masks per image (and
+mask files that belong to no image), every problem found and near-duplicate groups (perceptual
+hash). Problems are those the trainer's readers stop at (see :mod:`hermes.data.readers`): a
+missing dataset folder, label file or mask, a file that does not decode, a size mismatch, an
+empty class folder, a folder that is not a dataset, an unlabeled image, and in a CSV of labels
+a duplicate id or a label not in ``--classes``. Exit status 1 when there is any problem, else 0;
+never a traceback for a bad dataset. ``--split-out PATH`` writes a split of the classes given by
+``--classes`` (default benign and malignant) to a JSON file.
 """
 
 from __future__ import annotations
@@ -29,13 +33,37 @@ def detect_layout(root: Path) -> str:
     return "busi"
 
 
-def scan(root: Path, layout: str) -> Scan:
-    """Scan ``root`` in ``layout`` without stopping at problems."""
+LAYOUTS = (
+    "BUSI: <class>/<name>.png with <name>_mask.png; folder: images/, masks/ and labels.csv; "
+    "UDIAT: original/, GT/ and one CSV of labels"
+)
+
+
+def scan(root: Path, layout: str, classes: list[str] | None = None) -> Scan:
+    """Scan ``root`` in ``layout`` without stopping at problems (see :func:`inspect`).
+
+    ``classes`` are the labels a CSV of labels may hold (BUSI reads every class folder).
+    """
     if layout == "busi":
         return scan_busi(root)
     if layout == "udiat":
-        return scan_folder(root, images="original", masks="GT", labels=None)
-    return scan_folder(root)
+        return scan_folder(root, images="original", masks="GT", labels=None, classes=classes)
+    return scan_folder(root, classes=classes)
+
+
+def inspect(root: Path, layout: str, classes: list[str], detected: bool) -> Scan:
+    """:func:`scan`, with the problems that stop a scan (a missing folder or label file, a
+    folder that is not a dataset) returned as problems too; ``detected``: ``layout`` was
+    detected, not asked for."""
+    if not root.is_dir():
+        return Scan(problems=[f"dataset folder not found: {root}"])
+    try:
+        return scan(root, layout, classes)
+    except (ValueError, FileNotFoundError) as err:
+        problems = [str(err)]
+        if detected and layout == "busi":  # BUSI is the fallback: no other layout matched
+            problems.append(f"no dataset layout matches {root} ({LAYOUTS})")
+        return Scan(problems=problems)
 
 
 def _parse_budget(text: str) -> int | float:
@@ -70,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
 
     root: Path = args.root
     layout = detect_layout(root) if args.layout == "auto" else args.layout
-    result = scan(root, layout)
+    classes = [c.lower() for c in args.classes]
+    result = inspect(root, layout, classes, detected=args.layout == "auto")
     records = result.records
     per_class = Counter(r.label for r in records)
     print(f"dataset {root} (layout {layout})")
     detail = ", ".join(f"{n} {c}" for c, n in sorted(per_class.items()))
-    print(f"images: {len(records)} ({detail})")
+    print(f"images: {len(records)}" + (f" ({detail})" if detail else ""))
     if result.sizes:
         w = np.array([s[0] for s in result.sizes.values()])
         h = np.array([s[1] for s in result.sizes.values()])
@@ -85,17 +114,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     masks_per_image = Counter(len(r.masks) for r in records)
     mask_files = sum(len(r.masks) for r in records)
-    print(
-        "masks per image: "
-        + ", ".join(f"{k}: {v} image(s)" for k, v in sorted(masks_per_image.items()))
-    )
+    if records:
+        print(
+            "masks per image: "
+            + ", ".join(f"{k}: {v} image(s)" for k, v in sorted(masks_per_image.items()))
+        )
     total_masks = mask_files + len(result.orphan_masks)
     state = (
         "every mask accounted for"
         if not result.orphan_masks
-        else (f"{len(result.orphan_masks)} mask file(s) belong to no image")
+        else (f"{len(result.orphan_masks)} mask file(s) belong to no image, ignored")
     )
     print(f"mask files: {total_masks} ({mask_files} attached to images; {state})")
+    for path in result.orphan_masks:
+        print(f"  - mask without image: {path}")
     if result.problems:
         print(f"problems: {len(result.problems)}")
         for line in result.problems:

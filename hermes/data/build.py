@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +37,9 @@ class DataConfig:
         seed: split seed (and phantom seed).
         batch_size: labeled batch size.
         unlabeled_batch_size: unlabeled batch size.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader worker processes: an int >= 0 (0: load in the training process,
+            which keeps a resumed run bit-exact), or ``"auto"``: one per CPU this process may
+            run on (``len(os.sched_getaffinity(0))``), so never more than the machine has.
         split_file: JSON split; loaded if it exists, else the new split is written there.
         phantom_size: number of phantom images.
         phantom_image_size: side of the generated phantom images.
@@ -57,7 +60,7 @@ class DataConfig:
     seed: int = 0
     batch_size: int = 8
     unlabeled_batch_size: int = 8
-    num_workers: int = 0
+    num_workers: int | str = 0
     split_file: str | None = None
     phantom_size: int = 400
     phantom_image_size: int = 224
@@ -78,6 +81,12 @@ class DataConfig:
         self.classes = tuple(c.lower() for c in self.classes)
         if len(self.classes) < 2:
             raise ValueError(f"DataConfig.classes needs at least two classes, got {self.classes}")
+        if self.num_workers != "auto" and (
+            not isinstance(self.num_workers, int) or self.num_workers < 0
+        ):
+            raise ValueError(
+                f"DataConfig.num_workers must be an int >= 0 or 'auto', got {self.num_workers!r}"
+            )
         for name in ("image_size", "batch_size", "unlabeled_batch_size", "phantom_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DataConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -135,7 +144,19 @@ def resolve_split(cfg: DataConfig, records: list[Record]) -> Split:
     return split
 
 
-def _train_loader(ds: Dataset, batch_size: int, cfg: DataConfig, seed_offset: int) -> DataLoader:
+def resolve_workers(num_workers: int | str) -> int:
+    """``DataConfig.num_workers`` as a count: ``"auto"`` is the number of CPUs this process may
+    run on (``os.sched_getaffinity``; ``os.cpu_count()`` where that does not exist)."""
+    if num_workers != "auto":
+        return int(num_workers)
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _train_loader(
+    ds: Dataset, batch_size: int, cfg: DataConfig, seed_offset: int, workers: int
+) -> DataLoader:
     """Shuffled, ``drop_last`` loader that still yields batches when ``len(ds) < batch_size``."""
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + seed_offset)
     n = len(ds)
@@ -150,8 +171,8 @@ def _train_loader(ds: Dataset, batch_size: int, cfg: DataConfig, seed_offset: in
         batch_size=batch_size,
         sampler=sampler,
         drop_last=True,
-        num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
+        num_workers=workers,
+        persistent_workers=workers > 0,
     )
 
 
@@ -177,20 +198,20 @@ def build_data(cfg: DataConfig) -> Data:
     labeled = LabeledDataset(part["labeled"], augment=True, geometry=cfg.geometry, **common)
     unlabeled = UnlabeledDataset(part["unlabeled"], geometry=cfg.geometry, **common)
     test = LabeledDataset(part["test"], augment=False, **common)
+    workers = resolve_workers(cfg.num_workers)
     logger.info(
-        "data %s: %d labeled, %d unlabeled, %d test (%s)",
+        "data %s: %d labeled, %d unlabeled, %d test (%s); %d loader worker(s)",
         cfg.dataset,
         len(labeled),
         len(unlabeled),
         len(test),
         ", ".join(cfg.classes),
+        workers,
     )
     return Data(
-        labeled=_train_loader(labeled, cfg.batch_size, cfg, 1),
-        unlabeled=_train_loader(unlabeled, cfg.unlabeled_batch_size, cfg, 2),
-        test=DataLoader(
-            test, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers
-        ),
+        labeled=_train_loader(labeled, cfg.batch_size, cfg, 1, workers),
+        unlabeled=_train_loader(unlabeled, cfg.unlabeled_batch_size, cfg, 2, workers),
+        test=DataLoader(test, batch_size=cfg.batch_size, shuffle=False, num_workers=workers),
         classes=cfg.classes,
         split=split,
         records=records,

@@ -34,6 +34,27 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ValueError(f"cannot read image {path}: {err}") from err
 
 
+def decoded_size(path: str | Path) -> tuple[int, int]:
+    """Decode an image file in full and return its ``(width, height)``.
+
+    Unlike :func:`image_size`, this finds files whose header is intact but whose pixel data is
+    not (a truncated PNG or JPEG).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+
+
 def _read_array(path: Path) -> np.ndarray:
     """Decode an image file into a numpy array (H, W) or (H, W, C) of its native dtype."""
     if not path.is_file():

@@ -1,10 +1,14 @@
 """Dataset readers: BUSI as distributed, UDIAT (Dataset B) and a generic folder layout.
 
 Every reader returns a list of :class:`Record` (image path, mask paths, class name, id); pixels
-are read later by the datasets. Readers check what can be checked cheaply from file headers:
-a missing mask, an unreadable image header or a mask whose size differs from its image raise
-an error naming the file. :func:`scan_busi` and :func:`scan_folder` collect those problems
-instead of raising, for ``python -m hermes.data``.
+are read again later by the datasets. Readers decode every image and mask once and raise an
+error naming the file (or the row of the label file) on the first problem: a missing mask, a
+file that does not decode (a truncated PNG included), a mask whose size differs from its image,
+an empty class folder, a folder without images, an image without a label, and in a CSV of
+labels a duplicate id or a label that is not one of the classes. :func:`scan_busi` and
+:func:`scan_folder` collect those problems instead of raising, for ``python -m hermes.data``, so
+the inspector and the trainer find exactly the same problems. Mask files that belong to no
+image are harmless: they are listed in :attr:`Scan.orphan_masks`, not as problems.
 
 Layouts:
 
@@ -26,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hermes.data.io import IMAGE_SUFFIXES, image_size
+from hermes.data.io import IMAGE_SUFFIXES, decoded_size
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +62,9 @@ class Scan:
 
     Attributes:
         records: the usable samples.
-        problems: one human-readable line per problem (each names the file).
-        orphan_masks: mask files that belong to no image.
+        problems: one human-readable line per problem (each names the file or the CSV row);
+            a reader raises on the first of them.
+        orphan_masks: mask files that belong to no image (harmless, not a problem).
         sizes: ``(width, height)`` of each usable image, by record id.
     """
 
@@ -74,10 +79,10 @@ def _is_image(path: Path) -> bool:
 
 
 def _check_sizes(image: Path, masks: Sequence[Path]) -> tuple[int, int]:
-    """Compare header sizes of an image and its masks; return the image (width, height)."""
-    size = image_size(image)
+    """Decode an image and its masks, compare their sizes; return the image (width, height)."""
+    size = decoded_size(image)
     for m in masks:
-        msize = image_size(m)
+        msize = decoded_size(m)
         if msize != size:
             raise ValueError(
                 f"mask {m} has size {msize[0]}x{msize[1]} (WxH) but its image {image} "
@@ -113,12 +118,21 @@ def scan_busi(root: str | Path, classes: Iterable[str] | None = None, check: boo
     Args:
         root: the ``Dataset_BUSI_with_GT`` folder.
         classes: class folders to read (default: every sub-folder).
-        check: read the file headers to compare image and mask sizes.
+        check: decode every image and mask and compare their sizes.
+
+    Raises:
+        FileNotFoundError: ``root`` or a class folder asked for is missing, or no class folder
+            holds an image (not a BUSI folder).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"BUSI folder not found: {root}")
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not any(_is_image(p) for cdir in class_dirs for p in cdir.iterdir()):
+        raise FileNotFoundError(
+            f"no images in the sub-folders {[p.name for p in class_dirs]} of {root}: not a "
+            "BUSI folder (<class>/<name>.png with <name>_mask.png beside it)"
+        )
     if classes is not None:
         wanted = [c.lower() for c in classes]
         found = {p.name.lower(): p for p in class_dirs}
@@ -128,8 +142,6 @@ def scan_busi(root: str | Path, classes: Iterable[str] | None = None, check: boo
                 f"class folder(s) {missing} not found in {root}; found {sorted(found)}"
             )
         class_dirs = [found[c] for c in wanted]
-    if not class_dirs:
-        raise FileNotFoundError(f"no class folders in BUSI folder {root}")
     scan = Scan()
     for cdir in class_dirs:
         label = cdir.name.lower()
@@ -144,10 +156,11 @@ def scan_busi(root: str | Path, classes: Iterable[str] | None = None, check: boo
                 masks.setdefault(match.group("stem"), []).append((n, path))
             else:
                 images[path.stem] = path
+        if not images:
+            scan.problems.append(f"class folder {cdir} holds no images")
         for stem, mpaths in masks.items():
             if stem not in images:
                 scan.orphan_masks.extend(p for _, p in mpaths)
-                scan.problems.extend(f"mask without image: {p}" for _, p in mpaths)
         for stem, ipath in images.items():
             mpaths = tuple(p for _, p in sorted(masks.get(stem, [])))
             if not mpaths:
@@ -178,18 +191,29 @@ def read_busi(
         classes: class folders taking part (default benign and malignant, as in the paper).
 
     Raises:
-        FileNotFoundError: missing folder or mask (the message names the file).
-        ValueError: unreadable image or mask, or sizes differ (the message names the file).
+        FileNotFoundError: missing folder or mask, or no images (the message names the file).
+        ValueError: unreadable image or mask, sizes differ, or an empty class folder (the
+            message names the file or folder).
     """
     scan = scan_busi(root, classes)
-    # An orphan mask is harmless for reading; it is reported by the inspector.
-    scan.problems = [p for p in scan.problems if not p.startswith("mask without image")]
     _raise_first(scan)
     return scan.records
 
 
-def _read_labels(csv_path: Path) -> dict[str, str]:
-    """Read a CSV of labels (header with an id column and a label column) into id -> label."""
+def _read_labels(
+    csv_path: Path, classes: Iterable[str] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """Read a CSV of labels (header with an id column and a label column) into id -> label.
+
+    Returns the table and one problem per bad row, naming the file, the line and the row: an id
+    seen before (ids compared by file stem, numeric ids by value; the first row is kept), and,
+    when ``classes`` is given, a label that is not one of them (kept in the table, so that its
+    image is left out without a second problem).
+
+    Raises:
+        ValueError: the file is empty, its header has no id or label column, or a row has too
+            few columns.
+    """
     with csv_path.open(newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.reader(fh))
     if not rows:
@@ -202,14 +226,27 @@ def _read_labels(csv_path: Path) -> dict[str, str]:
             f"label file {csv_path} has header {rows[0]}; expected an id column (one of "
             f"{list(_ID_COLUMNS)}) and a label column (one of {list(_LABEL_COLUMNS)})"
         )
+    wanted = None if classes is None else [c.lower() for c in classes]
     labels: dict[str, str] = {}
+    first_line: dict[str, int] = {}
+    problems: list[str] = []
     for line, row in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= max(id_col, label_col):
             raise ValueError(f"label file {csv_path} line {line}: too few columns in {row}")
-        labels[Path(row[id_col].strip()).stem] = row[label_col].strip().lower()
-    return labels
+        where = f"label file {csv_path} line {line} ({','.join(row)})"
+        stem = Path(row[id_col].strip()).stem
+        label = row[label_col].strip().lower()
+        key = str(int(stem)) if stem.isdigit() else stem
+        if key in first_line:
+            problems.append(f"{where}: duplicate id {stem!r}, first on line {first_line[key]}")
+            continue
+        first_line[key] = line
+        if wanted is not None and label not in wanted:
+            problems.append(f"{where}: unknown label {label!r}; expected one of {wanted}")
+        labels[stem] = label
+    return labels, problems
 
 
 def _lookup(labels: dict[str, str], stem: str) -> str | None:
@@ -247,8 +284,12 @@ def scan_folder(
         images: image sub-folder of ``root``.
         masks: mask sub-folder of ``root`` (mask named like the image, or ``<stem>_mask``).
         labels: CSV file in ``root``; ``None`` takes the only ``*.csv`` in ``root``.
-        classes: classes taking part (default: all labels found).
-        check: read the file headers to compare image and mask sizes.
+        classes: the classes; a row with another label is a problem (default: any label).
+        check: decode every image and mask and compare their sizes.
+
+    Raises:
+        FileNotFoundError: a folder or the label file is missing.
+        ValueError: the label file's header or a row's column count is wrong.
     """
     root = Path(root)
     image_dir, mask_dir = root / images, root / masks
@@ -266,10 +307,13 @@ def scan_folder(
         csv_path = root / labels
         if not csv_path.is_file():
             raise FileNotFoundError(f"label file not found: {csv_path}")
-    table = _read_labels(csv_path)
-    scan = Scan()
+    table, label_problems = _read_labels(csv_path, classes)
+    scan = Scan(problems=label_problems)
     used_masks: set[Path] = set()
-    for ipath in sorted(p for p in image_dir.iterdir() if _is_image(p)):
+    image_paths = sorted(p for p in image_dir.iterdir() if _is_image(p))
+    if not image_paths:
+        scan.problems.append(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {image_dir}")
+    for ipath in image_paths:
         stem = ipath.stem
         label = _lookup(table, stem)
         if label is None:
@@ -301,7 +345,8 @@ def read_folder(
 
     Raises:
         FileNotFoundError: missing folder, label file or mask (the message names the file).
-        ValueError: unreadable file, unlabeled image or size mismatch (names the file).
+        ValueError: unreadable file, unlabeled image, size mismatch, no image at all, or in
+            the label file a duplicate id or a label not in ``classes`` (names the file or row).
     """
     scan = scan_folder(root, images, masks, labels, classes)
     _raise_first(scan)

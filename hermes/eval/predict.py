@@ -5,8 +5,14 @@ CSV of class probabilities.
 
 Each image is resized to the training size and ImageNet-normalised (the test transform); the
 predicted mask is brought back to the image's own size (bilinear on the logits) and written as
-``<out>/<stem>_pred.png`` (0 background, 255 lesion). ``<out>/predictions.csv`` has one row per
-image: ``file, predicted class, p_<class>...``. Files whose name ends in ``_mask`` are skipped.
+``<out>/<stem>_pred.png`` (0 background, 255 lesion). Images that share a stem (``a.png`` and
+``a.jpg``) get ``<stem>_<extension>_pred.png`` (``a_png_pred.png``, ``a_jpg_pred.png``), and a
+number is added if a name is still taken, so no mask overwrites another.
+``<out>/predictions.csv`` has one row per predicted image: ``file, mask, predicted,
+p_<class>...``; it is written row by row, so an interrupted run keeps the rows of the masks it
+wrote. An image that cannot be read is skipped with a warning and listed in
+``<out>/failed.csv`` (``file, error``; header only when none failed); the exit status is then 1.
+Files whose name contains ``_mask`` are skipped.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ import argparse
 import csv
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -44,6 +52,31 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def mask_names(paths: list[Path]) -> dict[Path, str]:
+    """A distinct mask file name per image: ``<stem>_pred.png``, ``<stem>_<ext>_pred.png`` when
+    images share a stem, and a number added while a name is taken (compared case-insensitively)."""
+    stems = Counter(p.stem.lower() for p in paths)
+    names: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in paths:
+        base = path.stem if stems[path.stem.lower()] == 1 else f"{path.stem}_{path.suffix[1:]}"
+        name, n = f"{base}_pred.png", 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{base}_{n}_pred.png"
+        taken.add(name.lower())
+        names[path] = name
+    return names
+
+
+class Prediction(NamedTuple):
+    """What :func:`predict_folder` did: the CSV rows written, and ``(file name, error)`` of
+    each image that could not be read."""
+
+    rows: list[dict[str, object]]
+    failed: list[tuple[str, str]]
+
+
 def predict_folder(
     model: nn.Module,
     folder: str | Path,
@@ -51,9 +84,9 @@ def predict_folder(
     image_size: int,
     classes: tuple[str, ...],
     device: torch.device | str = "cpu",
-) -> list[dict[str, object]]:
-    """Predict every image of ``folder``; write masks and ``predictions.csv`` into ``out``.
-    Returns the CSV rows."""
+) -> Prediction:
+    """Predict every image of ``folder``; write masks, ``predictions.csv`` and ``failed.csv``
+    into ``out`` (see the module docstring). An unreadable image is skipped and reported."""
     from hermes.data import IMAGENET_MEAN, IMAGENET_STD, load_image
 
     out = Path(out)
@@ -61,27 +94,50 @@ def predict_folder(
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     model.eval()
-    rows: list[dict[str, object]] = []
-    for path in list_images(folder):
-        image = load_image(path)  # (3, H, W) in [0, 1]
-        h, w = image.shape[-2:]
-        x = F.interpolate(image[None], size=(image_size, image_size), mode="bilinear",
-                          antialias=True, align_corners=False)  # fmt: skip
-        x = ((x - mean) / std).to(device)
-        seg_logits, cls_logits = predict_batch(model, x)
-        seg_logits = F.interpolate(seg_logits, size=(h, w), mode="bilinear", align_corners=False)
-        mask = (seg_logits.argmax(1)[0] == 1).cpu().numpy().astype(np.uint8) * 255
-        Image.fromarray(mask).save(out / f"{path.stem}_pred.png")
-        probs = torch.softmax(cls_logits, 1)[0].cpu()
-        row: dict[str, object] = {"file": path.name, "predicted": classes[int(probs.argmax())]}
-        row.update({f"p_{c}": f"{float(p):.6f}" for c, p in zip(classes, probs, strict=False)})
-        rows.append(row)
-    with open(out / "predictions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    paths = list_images(folder)
+    names = mask_names(paths)
+    result = Prediction([], [])
+    fields = ["file", "mask", "predicted", *(f"p_{c}" for c in classes)]
+    with (
+        open(out / "predictions.csv", "w", newline="") as pred_file,
+        open(out / "failed.csv", "w", newline="") as failed_file,
+    ):
+        writer = csv.DictWriter(pred_file, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
-    logger.info("wrote %d masks and predictions.csv to %s", len(rows), out)
-    return rows
+        failed = csv.writer(failed_file)
+        failed.writerow(["file", "error"])
+        for path in paths:
+            try:
+                image = load_image(path)  # (3, H, W) in [0, 1]
+            except (ValueError, FileNotFoundError) as exc:
+                logger.warning("skipped %s: %s", path, exc)
+                result.failed.append((path.name, str(exc)))
+                failed.writerow([path.name, str(exc)])
+                failed_file.flush()
+                continue
+            h, w = image.shape[-2:]
+            x = F.interpolate(image[None], size=(image_size, image_size), mode="bilinear",
+                              antialias=True, align_corners=False)  # fmt: skip
+            x = ((x - mean) / std).to(device)
+            seg_logits, cls_logits = predict_batch(model, x)
+            seg_logits = F.interpolate(
+                seg_logits, size=(h, w), mode="bilinear", align_corners=False
+            )
+            mask = (seg_logits.argmax(1)[0] == 1).cpu().numpy().astype(np.uint8) * 255
+            Image.fromarray(mask).save(out / names[path])
+            probs = torch.softmax(cls_logits, 1)[0].cpu()
+            row: dict[str, object] = {
+                "file": path.name, "mask": names[path], "predicted": classes[int(probs.argmax())],
+            }  # fmt: skip
+            row.update({f"p_{c}": f"{float(p):.6f}" for c, p in zip(classes, probs, strict=True)})
+            writer.writerow(row)
+            pred_file.flush()
+            result.rows.append(row)
+    logger.info(
+        "wrote %d masks and predictions.csv to %s; %d image(s) unreadable (failed.csv)",
+        len(result.rows), out, len(result.failed),
+    )  # fmt: skip
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hermes.predict",
         description="Predict lesion masks and class probabilities for a folder of images.",
+        epilog="Exit status: 0; 1 when some images could not be read (skipped, listed in "
+        "failed.csv); 2 on an error (checkpoint, folder).",
     )
     parser.add_argument("checkpoint", help="a checkpoint written by python -m hermes.train")
     parser.add_argument("images", help="folder of images")
@@ -99,13 +157,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         model, cfg = load_model(args.checkpoint, args.device)
-        rows = predict_folder(
+        done = predict_folder(
             model, args.images, args.out, cfg.data.image_size, cfg.data.classes, args.device
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(rows)} images -> {Path(args.out) / 'predictions.csv'}")
+    print(f"{len(done.rows)} images -> {Path(args.out) / 'predictions.csv'}")
+    if done.failed:
+        print(
+            f"{len(done.failed)} image(s) could not be read, skipped -> "
+            f"{Path(args.out) / 'failed.csv'}: " + ", ".join(name for name, _ in done.failed),
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

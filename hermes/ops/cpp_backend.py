@@ -13,6 +13,7 @@ fp32 here and the results cast back where the reference returns the input's dtyp
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from hermes.ops.dual_threshold import (
     DualThresholdStats,
     class_thresholds,
 )
+from hermes.ops.inter_task_attention import inter_task_attention_reference
+from hermes.ops.supcon import nonfinite_to_nan
 
 logger = logging.getLogger("hermes.ops")
 
@@ -111,7 +114,7 @@ def supcon_loss_cpp(
     loss, _, _, num_pos = _OPS.supcon_fwd(
         a, labels, b, yb, temperature, base_temperature, self_offset, denominator == "pos_plus_neg"
     )
-    loss = loss.float()
+    loss = nonfinite_to_nan(loss.float(), a, b)
     if weights is not None:
         loss = loss * weights.float()
     if reduction == "none":
@@ -195,9 +198,10 @@ def dual_threshold_cpp(
     x = logits.detach()
     b, c = x.shape[:2]
     out_shape = (b,) + tuple(x.shape[2:])
-    x3 = x.reshape(b, c, -1)
+    p = math.prod(out_shape[1:])  # explicit: reshape cannot infer -1 for 0 elements
+    x3 = x.reshape(b, c, p)
     v = (
-        valid.reshape(b, -1)
+        valid.reshape(b, p)
         if valid is not None
         else torch.empty(0, dtype=torch.bool, device=x.device)
     )
@@ -290,6 +294,8 @@ def inter_task_attention_cpp(
     """``inter_task_attention`` on ``hermes._C``. Shapes: cls_feature (B, C, H, W), gate (B, C),
     spatial_weight (1, 2, k, k), spatial_bias (1,). Returns (B, C, H, W) in the feature's dtype
     (fp16/bf16 computed in fp32 on the CPU)."""
+    if cls_feature.numel() == 0:  # the kernels' channel mean would be 0/0 for C = 0
+        return inter_task_attention_reference(cls_feature, gate, spatial_weight, spatial_bias)
     dtype = cls_feature.dtype
     compute = dtype if cls_feature.is_cuda else _compute_dtype(dtype)
     y, _, _ = _OPS.inter_task_attention_fwd(

@@ -105,6 +105,13 @@ def _reasons(op: str, backend: str, inputs: dict[str, Any]) -> list[str]:
     return list(impl.not_supported_reasons(**inputs))
 
 
+def not_supported_reasons(op: str, backend: str, inputs: dict[str, Any]) -> list[str]:
+    """Why ``backend`` cannot run ``op`` on ``inputs`` (the op's normalised keyword arguments);
+    empty when it can. A backend that failed to import gives its import error."""
+    load_backends()
+    return _reasons(op, backend, inputs)
+
+
 def requested_backend(op: str, backend: str | None) -> str | None:
     """The backend asked for by argument or environment (``None`` or ``"auto"``: automatic)."""
     name = backend or os.environ.get(f"HERMES_BACKEND_{op.upper()}") or os.environ.get(

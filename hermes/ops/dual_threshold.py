@@ -8,7 +8,10 @@ when ``confidence > tau_label`` and ``entropy < eta`` and it is valid.
 
 Entries outside ``valid``, and entries with any non-finite logit, take no part: they are never
 reliable and are left out of the histogram and the statistics. A non-finite entry gets
-label 0 and NaN confidence and entropy.
+label 0 and NaN confidence and entropy. This holds alike in every backend.
+
+Every backend accepts empty inputs (B = 0, or H or W = 0): empty outputs, an empty histogram,
+thresholds at ``tau_min`` and zero statistics. C = 0 (no class) is an error.
 """
 
 from __future__ import annotations

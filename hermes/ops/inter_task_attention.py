@@ -3,6 +3,9 @@
 ``inter_task_attention`` is the part after the learnable convolutions (gate apply, channel max
 and mean, spatial 3x3 conv, sigmoid, product), which the fused backends run in two kernels;
 :class:`InterTaskAttention` is the module with the learnable parts around it.
+
+Every backend accepts empty inputs (B, C, H or W = 0) and returns an empty (B, C, H, W) output;
+the gradients of the spatial weight and bias are then zero.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ def inter_task_attention_reference(
         y = sigmoid(conv2d(cat[max_C(c), mean_C(c)], w, b, padding=k // 2)) * c
     """
     c = gate[:, :, None, None].to(cls_feature.dtype) * cls_feature
+    if c.numel() == 0:  # nothing to pool over; keep the graph to every input (zero gradients)
+        return c + 0 * (spatial_weight.sum() + spatial_bias.sum()).to(c.dtype)
     pooled = torch.cat([c.amax(dim=1, keepdim=True), c.mean(dim=1, keepdim=True)], dim=1)
     k = spatial_weight.shape[-1]
     a = torch.sigmoid(
@@ -47,13 +52,16 @@ def inter_task_attention(
     """Gate the classification feature per channel, then spatially (see the reference).
 
     Args:
-        cls_feature: (B, C, H, W).
-        gate: (B, C), the channel gate already through its sigmoid.
-        spatial_weight: (1, 2, k, k), k odd; spatial_bias: (1,).
+        cls_feature: (B, C, H, W), floating point.
+        gate: (B, C), floating point, the channel gate already through its sigmoid.
+        spatial_weight: (1, 2, k, k), k odd; spatial_bias: (1,); both floating point.
         backend: ``None`` (automatic), ``"torch"``, ``"triton"``, ``"cpp"`` or ``"cuda"``.
 
     Returns:
-        (B, C, H, W), differentiable in all four inputs.
+        (B, C, H, W), differentiable in all four inputs; empty when any of B, C, H, W is 0.
+
+    Raises:
+        ValueError: a shape is wrong or an input is not floating point (names the input).
     """
     if cls_feature.dim() != 4:
         raise ValueError(
@@ -73,6 +81,13 @@ def inter_task_attention(
         raise ValueError(
             f"inter_task_attention: spatial_bias must be (1,), got {tuple(spatial_bias.shape)}"
         )
+    named = (
+        ("cls_feature", cls_feature), ("gate", gate), ("spatial_weight", spatial_weight),
+        ("spatial_bias", spatial_bias),
+    )  # fmt: skip
+    for name, t in named:
+        if not t.is_floating_point():
+            raise ValueError(f"inter_task_attention: {name} must be floating point, got {t.dtype}")
     inputs = dict(
         cls_feature=cls_feature, gate=gate, spatial_weight=spatial_weight, spatial_bias=spatial_bias
     )

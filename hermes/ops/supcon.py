@@ -2,6 +2,15 @@
 
 The PyTorch reference here is the specification every fused backend is tested against. It
 materialises the N x M similarity matrix; the fused backends do not.
+
+Non-finite features (NaN, +Inf or -Inf), in every backend: anchor ``i``'s loss is NaN when its
+own features or those of any contrast (the anchors themselves without ``contrasts``) hold a
+non-finite value, whether or not it has a positive; every other anchor's loss is unaffected.
+A NaN anchor loss makes the ``"mean"`` NaN (whatever its weight). Gradients are then not
+defined; skip such a step.
+
+Empty inputs (N = 0, M = 0 or d = 0) are accepted by every backend: N = 0 gives an empty
+``"none"`` result and a ``"mean"`` of 0; M = 0 leaves every anchor without a positive (loss 0).
 """
 
 from __future__ import annotations
@@ -13,6 +22,17 @@ from hermes.ops import dispatch
 
 DENOMINATORS = ("all", "pos_plus_neg")
 REDUCTIONS = ("mean", "none")
+
+
+def nonfinite_to_nan(loss: Tensor, anchors: Tensor, contrasts: Tensor | None) -> Tensor:
+    """The non-finite rule of every backend (see the module docstring), on the device.
+
+    Shapes: loss (N,) per-anchor losses, anchors (N, d), contrasts (M, d) or ``None`` (the
+    anchors). Returns ``loss`` with NaN where anchor ``i`` or any contrast is non-finite.
+    """
+    b = anchors if contrasts is None else contrasts
+    bad = ~torch.isfinite(anchors).all(dim=1) | ~torch.isfinite(b).all()
+    return torch.where(bad, torch.full_like(loss, float("nan")), loss)
 
 
 def supcon_loss_reference(
@@ -41,6 +61,7 @@ def supcon_loss_reference(
         l_i = -(temperature / base_temperature) * mean_{p in P(i)} log_prob(i, p), and 0 when
         P(i) is empty. ``none`` returns ``l_i * w_i``; ``mean`` returns
         ``sum_i w_i l_i / #{i : P(i) non-empty}`` (0 when no anchor has a positive).
+        l_i is NaN when a_i or any contrast has a non-finite value (:func:`nonfinite_to_nan`).
     """
     a = anchors.float()
     if contrasts is None:
@@ -72,6 +93,7 @@ def supcon_loss_reference(
     sum_log_prob_pos = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
     loss = -(temperature / base_temperature) * sum_log_prob_pos / n_pos.clamp(min=1)
     loss = torch.where(has_pos, loss, torch.zeros_like(loss))
+    loss = nonfinite_to_nan(loss, a, None if contrasts is None else b)
     if weights is not None:
         loss = loss * weights.float()
     if reduction == "none":
@@ -174,6 +196,8 @@ def supcon_loss(
         (N,) fp32 per-anchor losses times weights (0 for an anchor with no positive) for
         ``"none"``; else their sum over the number of anchors with at least one positive.
         Gradients flow to ``anchors`` and ``contrasts``. See :func:`supcon_loss_reference`.
+        Non-finite features give NaN losses and empty inputs are accepted, alike in every
+        backend (see the module docstring).
     """
     _check(
         anchors, labels, contrasts, contrast_labels, weights, temperature, base_temperature,
@@ -201,6 +225,13 @@ class SupConLoss(nn.Module):
     Called as ``loss(features, labels)`` with ``features: (bsz, n_views, d)`` (L2-normalised) and
     ``labels: (bsz,)``; without labels every sample is its own class (SimCLR).
     ``contrast_mode="all"`` uses every view as an anchor, ``"one"`` only the first view.
+
+    The value is SupContrast's: the mean over *all* anchors, an anchor without a positive
+    counting 0 (as in SupContrast's ``losses.py`` since it stopped giving NaN there; with
+    ``n_views=1`` and singleton classes this is where it differs from :func:`supcon_loss`,
+    whose ``"mean"`` divides by the anchors that have a positive). Differences that remain:
+    an explicit ``mask`` is refused (pass labels); the loss is computed in fp32 whatever the
+    features' dtype; an empty batch gives 0 (SupContrast: NaN).
     """
 
     def __init__(
@@ -250,7 +281,11 @@ class SupConLoss(nn.Module):
             backend=self.backend,
         )
         if self.contrast_mode == "all":
-            return supcon_loss(contrast, contrast_labels, **common)
-        return supcon_loss(
-            features[:, 0], labels, contrast, contrast_labels, self_offset=0, **common
-        )
+            per_anchor = supcon_loss(contrast, contrast_labels, reduction="none", **common)
+        else:
+            per_anchor = supcon_loss(
+                features[:, 0], labels, contrast, contrast_labels, self_offset=0,
+                reduction="none", **common,
+            )  # fmt: skip
+        # SupContrast's mean over every anchor (0 for those without a positive).
+        return per_anchor.sum() / max(per_anchor.numel(), 1)

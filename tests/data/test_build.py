@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from hermes.data import DataConfig, Split, build_data, load_image
+from hermes.data.build import resolve_workers
 
 
 @pytest.fixture
@@ -88,3 +90,27 @@ def test_load_image_for_prediction(tmp_path: Path, make_folder) -> None:
     root = make_folder(tmp_path / "p", ["benign"])
     image = load_image(root / "images" / "000001.png")
     assert image.shape == (3, 32, 32) and 0.0 <= float(image.min()) <= float(image.max()) <= 1.0
+
+
+def test_auto_workers_follow_the_machine(phantom_cfg: DataConfig) -> None:
+    phantom_cfg.num_workers = "auto"
+    data = build_data(phantom_cfg)
+    cpus = len(os.sched_getaffinity(0))
+    assert data.labeled.num_workers == data.unlabeled.num_workers == cpus
+    assert data.test.num_workers == cpus
+    phantom_cfg.num_workers = 1  # set explicitly: kept
+    assert build_data(phantom_cfg).labeled.num_workers == 1
+
+
+def test_paper_preset_asks_no_more_workers_than_the_machine_has() -> None:
+    """It asked for 4 on any machine (PyTorch warned on 2 cores); now one per usable CPU."""
+    from hermes.train.config import load_config
+
+    workers = load_config("paper").data.num_workers
+    assert resolve_workers(workers) == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("bad", [-1, "many", 1.5])
+def test_bad_num_workers_names_the_field(bad) -> None:
+    with pytest.raises(ValueError, match="num_workers"):
+        DataConfig(num_workers=bad)

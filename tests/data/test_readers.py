@@ -59,7 +59,7 @@ def test_busi_scan_collects_every_problem(busi_dir: Path) -> None:
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(busi_dir / "benign" / "ghost_mask.png")
     scan = scan_busi(busi_dir)
     assert len(scan.records) == 10  # 12 images, two broken
-    assert len(scan.problems) == 3
+    assert len(scan.problems) == 2  # a mask without an image is harmless, listed apart
     assert [p.name for p in scan.orphan_masks] == ["ghost_mask.png"]
 
 
@@ -77,6 +77,45 @@ def test_folder_missing_mask_and_label(folder_dir: Path, make_folder) -> None:
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder_dir / "images" / "extra.png")
     with pytest.raises(ValueError, match="no label for image .*extra.png"):
         read_folder(folder_dir)
+
+
+def test_busi_truncated_png_names_the_file(busi_dir: Path) -> None:
+    """The header is intact, the pixel data is not: found by decoding, not by the header."""
+    path = busi_dir / "malignant" / "malignant (2).png"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match=r"malignant \(2\).png: image file is truncated"):
+        read_busi(busi_dir)
+
+
+def test_busi_empty_class_folder_names_the_folder(busi_dir: Path) -> None:
+    for path in (busi_dir / "malignant").iterdir():
+        path.unlink()
+    with pytest.raises(ValueError, match="malignant holds no images"):
+        read_busi(busi_dir)
+
+
+def test_folder_labels_duplicate_id_names_both_rows(folder_dir: Path) -> None:
+    csv_path = folder_dir / "labels.csv"
+    csv_path.write_text(csv_path.read_text() + "000003,malignant\n")
+    with pytest.raises(
+        ValueError, match=r"line 12 \(000003,malignant\): duplicate id '000003', first on line 4"
+    ):
+        read_folder(folder_dir)
+
+
+def test_folder_labels_unknown_label_names_the_row(folder_dir: Path) -> None:
+    csv_path = folder_dir / "labels.csv"
+    csv_path.write_text(csv_path.read_text().replace("000007,malignant", "000007,benigm"))
+    with pytest.raises(ValueError, match=r"line 8 \(000007,benigm\): unknown label 'benigm'"):
+        read_folder(folder_dir)
+    assert len(read_folder(folder_dir, classes=("benign", "malignant", "benigm"))) == 10
+
+
+def test_udiat_numeric_ids_without_zeros_are_duplicates(tmp_path: Path, make_folder) -> None:
+    root = make_folder(tmp_path / "u", ["benign", "malignant"], images="original", masks="GT")
+    (root / "labels.csv").write_text("id,label\n000001,benign\n000002,malignant\n2,benign\n")
+    with pytest.raises(ValueError, match=r"line 4 \(2,benign\): duplicate id '2', first on line 3"):
+        read_udiat(root)
 
 
 def test_folder_bad_csv_header(tmp_path: Path, make_folder) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,75 @@ def test_predict_cli(trained: Path, tmp_path: Path) -> None:
     for stem, (h, w) in sizes.items():
         mask = np.array(Image.open(out / f"{stem}_pred.png"))
         assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_predict_cli_skips_unreadable_images_and_keeps_every_mask(
+    trained: Path, tmp_path: Path
+) -> None:
+    """``a.png`` and ``a.jpg`` get two masks; a truncated PNG and a junk file are skipped,
+    listed in failed.csv and named on stderr, and the exit status says so."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "a.jpg", "b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (40, 48), dtype=np.uint8)).save(images / name)
+    (images / "c.png").write_bytes((images / "c.png").read_bytes()[:-60])  # truncated
+    (images / "d.png").write_bytes(b"not an image")
+    out = tmp_path / "pred"
+    result = subprocess.run(
+        [sys.executable, "-m", "hermes.predict", str(trained / "supervised" / "best.pt"),
+         str(images), "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "c.png" in result.stderr and "d.png" in result.stderr
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [(r["file"], r["mask"]) for r in rows] == [
+        ("a.jpg", "a_jpg_pred.png"), ("a.png", "a_png_pred.png"), ("b.png", "b_pred.png"),
+    ]  # fmt: skip
+    for r in rows:
+        assert np.array(Image.open(out / r["mask"])).shape == (40, 48)
+    assert sorted(p.name for p in out.glob("*_pred.png")) == sorted(r["mask"] for r in rows)
+    failed = list(csv.DictReader(open(out / "failed.csv")))
+    assert [f["file"] for f in failed] == ["c.png", "d.png"]
+    assert "truncated" in failed[0]["error"] and "d.png" in failed[1]["error"]
+
+
+def test_predict_csv_is_written_row_by_row(trained: Path, tmp_path: Path, monkeypatch) -> None:
+    """Interrupted after the first image: its mask and its CSV row are both on disk."""
+    from hermes.eval import predict
+    from hermes.train.checkpoint import load_model
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(np.full((32, 32), 80, np.uint8)).save(images / name)
+    calls = []
+
+    def interrupted(model, x):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(model, x)
+
+    real = predict.predict_batch
+    monkeypatch.setattr(predict, "predict_batch", interrupted)
+    model, cfg = load_model(trained / "supervised" / "best.pt")
+    out = tmp_path / "pred"
+    with pytest.raises(KeyboardInterrupt):
+        predict.predict_folder(model, images, out, cfg.data.image_size, cfg.data.classes)
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [r["file"] for r in rows] == ["a.png"] and (out / rows[0]["mask"]).is_file()
+
+
+def test_mask_names_are_distinct() -> None:
+    from hermes.eval.predict import mask_names
+
+    paths = [Path(n) for n in ("a.png", "a.jpg", "a_png.bmp", "b.tif", "B.TIF")]
+    names = mask_names(paths)
+    assert len({n.lower() for n in names.values()}) == len(paths)
+    assert names[Path("a_png.bmp")] != names[Path("a.png")]
 
 
 def test_train_cli_resume_of_a_finished_run(trained: Path, capsys: pytest.CaptureFixture) -> None:

@@ -32,10 +32,9 @@ def backend_device(backend: str) -> torch.device:
     return torch.device("cpu")
 
 
-@pytest.fixture(params=FAST_BACKENDS)
-def fast_backend(request) -> tuple[str, torch.device]:
-    """(backend name, device to test it on); skipped when the backend is not there at all."""
-    name = request.param
+def _backend_or_skip(name: str) -> tuple[str, torch.device]:
+    if name == "torch":
+        return name, torch.device("cpu")
     device = backend_device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         pytest.skip(f"backend {name!r} needs a CUDA device")
@@ -43,6 +42,18 @@ def fast_backend(request) -> tuple[str, torch.device]:
     if "registered" not in status:
         pytest.skip(f"backend {name!r} unavailable: {'; '.join(sorted(status))}")
     return name, device
+
+
+@pytest.fixture(params=FAST_BACKENDS)
+def fast_backend(request) -> tuple[str, torch.device]:
+    """(backend name, device to test it on); skipped when the backend is not there at all."""
+    return _backend_or_skip(request.param)
+
+
+@pytest.fixture(params=("torch", *FAST_BACKENDS))
+def any_backend(request) -> tuple[str, torch.device]:
+    """As :func:`fast_backend`, the reference (``torch``, on the CPU) included."""
+    return _backend_or_skip(request.param)
 
 
 def require(op: str, backend: str, inputs: dict[str, Any]) -> None:

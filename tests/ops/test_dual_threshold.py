@@ -177,3 +177,24 @@ def test_kernels_compile_for_h100(sm90_compiler, dtype):
         "thr_ptr": "*fp32", "eta_ptr": "*fp32", "reliable_ptr": "*u8", "kept_ptr": "*i64",
         "sums_ptr": "*fp32", "E": "i32", "C": "i32",
     }, const)
+
+
+# No sample, no pixel, or both; with and without a valid mask.
+EMPTY_SHAPES = [(0, 3), (0, 3, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0), (0, 2, 0, 0)]
+
+
+@pytest.mark.parametrize("with_valid", [False, True], ids=["all", "valid"])
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_empty_inputs(any_backend, require_backend, shape, with_valid):
+    """Nothing to label: empty outputs, an empty histogram, thresholds at ``tau_min``."""
+    name, device = any_backend
+    logits = torch.zeros(shape, device=device)
+    valid = torch.ones((shape[0], *shape[2:]), dtype=torch.bool, device=device)
+    valid = valid if with_valid else None
+    require_backend("dual_threshold", name, _dispatch_inputs(logits, valid))
+    got = dual_threshold(logits, eta=0.5, valid=valid, backend=name)
+    valid_cpu = None if valid is None else valid.cpu()
+    want = dual_threshold_reference(logits.cpu(), eta=0.5, valid=valid_cpu)
+    assert got.labels.shape == (shape[0], *shape[2:]) == got.reliable.shape
+    assert got.stats.histogram.sum().item() == 0
+    assert_same_output(got, want)

@@ -137,3 +137,33 @@ def test_kernels_compile_for_h100(sm90_compiler, dtype):
                  if k in kernel.arg_names}
         sig = {k: v for k, v in types.items() if k in kernel.arg_names}
         sm90_compiler("hermes.kernels.inter_task_attention", kernel.__name__, sig, const)
+
+
+# (B, C, H, W, k) with one of B, C, H, W zero.
+EMPTY_SHAPES = [(0, 3, 4, 4, 3), (2, 0, 4, 4, 3), (2, 3, 0, 4, 3), (2, 3, 4, 0, 1)]
+
+
+@pytest.mark.parametrize("shape", EMPTY_SHAPES, ids=lambda s: "B{}_C{}_{}x{}_k{}".format(*s))
+def test_empty_inputs(any_backend, require_backend, check, shape):
+    """An empty feature map gives an empty output and zero gradients, in every backend."""
+    name, device = any_backend
+    inputs, grad = _inputs(shape)
+    on_device = [t.to(device) for t in inputs]
+    require_backend("inter_task_attention", name, dict(zip(NAMES, on_device, strict=True)))
+    y, grads = _run(
+        lambda *t: inter_task_attention(*t, backend=name), inputs, grad, torch.float32, device
+    )
+    assert y.shape == inputs[0].shape
+    for got, want, what in zip(grads, inputs, NAMES, strict=True):
+        assert got.shape == want.shape and not got.any(), what
+
+
+@pytest.mark.parametrize("backend", [None, "torch", "cpp"])
+@pytest.mark.parametrize("which", NAMES)
+def test_integer_input_is_the_ops_dtype_error(backend, which):
+    """Not floating point: the op's own ValueError naming the input, whatever the backend."""
+    inputs, _ = _inputs((1, 3, 4, 4, 3))
+    named = dict(zip(NAMES, inputs, strict=True))
+    named[which] = named[which].round().long()
+    with pytest.raises(ValueError, match=f"inter_task_attention: {which} must be floating point"):
+        inter_task_attention(**named, backend=backend)

@@ -134,7 +134,11 @@ def test_supcon_edge_cases() -> None:
 
 
 def supcontrast(features, labels, temperature=0.07, contrast_mode="all", base_temperature=0.07):
-    """The SupContrast ``SupConLoss.forward`` (Khosla et al.), restated with a labels mask."""
+    """The SupContrast ``SupConLoss.forward`` (Khosla et al.), restated with a labels mask.
+
+    As in SupContrast's ``losses.py`` since its fix for anchors without a positive: their
+    positive count is taken as 1 (their loss is 0) and the mean runs over every anchor.
+    """
     bsz, n_views = features.shape[:2]
     labels = labels.view(-1, 1)
     mask = torch.eq(labels, labels.T).float()
@@ -159,21 +163,38 @@ def supcontrast(features, labels, temperature=0.07, contrast_mode="all", base_te
     return loss.view(anchor_count, bsz).mean()
 
 
+# labels of 6 samples: several per class; a class of one (no positive with one view); none.
+LABELINGS = {"classes": [0, 1, 0, 2, 1, 0], "singletons": [0, 1, 0, 2, 3, 0], "none": None}
+
+
+@pytest.mark.parametrize("n_views", [1, 2, 3])
+@pytest.mark.parametrize("labeling", list(LABELINGS))
 @pytest.mark.parametrize("contrast_mode", ["all", "one"])
-@pytest.mark.parametrize("with_labels", [True, False])
-def test_supcon_module_matches_supcontrast(contrast_mode: str, with_labels: bool) -> None:
+def test_supcon_module_matches_supcontrast(
+    any_backend, require_backend, contrast_mode: str, labeling: str, n_views: int
+) -> None:
+    """The drop-in's loss and gradient are SupContrast's in every mode, anchors without a
+    positive included (they count 0 in SupContrast's mean; see ``SupConLoss``)."""
+    name, device = any_backend
     g = torch.Generator().manual_seed(7)
-    feats = F.normalize(torch.randn(9, 2, 16, generator=g), dim=-1).requires_grad_(True)
-    labels = torch.randint(0, 3, (9,), generator=g) if with_labels else None
-    module = SupConLoss(temperature=0.1, contrast_mode=contrast_mode, base_temperature=0.07)
-    ours = module(feats, labels)
-    theirs = supcontrast(
-        feats, labels if labels is not None else torch.arange(9), 0.1, contrast_mode, 0.07
+    feats = F.normalize(torch.randn(6, n_views, 16, generator=g), dim=-1)
+    labels = None if LABELINGS[labeling] is None else torch.tensor(LABELINGS[labeling])
+    require_backend(
+        "supcon_loss", name, dict(anchors=feats[:, 0].to(device), contrasts=None, weights=None)
     )
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-    (g1,) = torch.autograd.grad(ours, feats)
-    (g2,) = torch.autograd.grad(theirs, feats)
-    torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-6)
+    module = SupConLoss(
+        temperature=0.1, contrast_mode=contrast_mode, base_temperature=0.07, backend=name
+    )
+    mine = feats.to(device).requires_grad_(True)
+    ours = module(mine, None if labels is None else labels.to(device))
+    theirs_feats = feats.clone().requires_grad_(True)
+    theirs = supcontrast(
+        theirs_feats, labels if labels is not None else torch.arange(6), 0.1, contrast_mode, 0.07
+    )
+    torch.testing.assert_close(ours.cpu(), theirs, rtol=1e-5, atol=1e-6)
+    (g1,) = torch.autograd.grad(ours, mine)
+    (g2,) = torch.autograd.grad(theirs, theirs_feats)
+    torch.testing.assert_close(g1.cpu(), g2, rtol=1e-4, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- dual threshold

@@ -243,3 +243,61 @@ def test_kernels_compile_for_h100(sm90_compiler, dtype, pos_plus_neg):
         sig = {k: v for k, v in sig.items() if k in kernel.arg_names}
         compiled = sm90_compiler("hermes.kernels.supcon", kernel.__name__, sig, const)
         assert 0 < compiled["shared"] <= 227 * 1024
+
+
+@pytest.mark.parametrize("denominator", ["all", "pos_plus_neg"])
+@pytest.mark.parametrize("where", ["anchor", "contrast", "self"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+def test_nonfinite_features_give_nan(any_backend, require_backend, value, where, denominator):
+    """One rule in every backend: anchor i's loss is NaN when a_i or any contrast holds a
+    non-finite value (an anchor without a positive included); the others keep their value."""
+    name, device = any_backend
+    g = torch.Generator().manual_seed(3)
+    n, m, d = 7, 9, 8
+    a = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    b = F.normalize(torch.randn(m, d, generator=g), dim=1)
+    y = torch.randint(0, 3, (n,), generator=g)
+    yb = torch.randint(0, 3, (m,), generator=g)
+    y[-1] = 9  # no positive anywhere
+    if where == "contrast":
+        b[2, 3] = value
+    else:
+        a[1, 3] = value
+    if where == "self":
+        b = yb = None
+    contrasts = a if b is None else b
+    bad = ~torch.isfinite(a).all(dim=1) | ~torch.isfinite(contrasts).all()
+    dev = [None if t is None else t.to(device) for t in (a, y, b, yb)]
+    require_backend("supcon_loss", name, _dispatch_inputs(*dev, None, denominator=denominator))
+    per = supcon_loss(*dev, denominator=denominator, reduction="none", backend=name).cpu()
+    mean = supcon_loss(*dev, denominator=denominator, backend=name).cpu()
+    clean = supcon_loss_reference(
+        torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), y,
+        None if b is None else torch.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0), yb,
+        denominator=denominator, reduction="none",
+    )  # fmt: skip
+    assert torch.equal(torch.isnan(per), bad), f"{name}: {per.tolist()}"
+    torch.testing.assert_close(per[~bad], clean[~bad], rtol=1e-5, atol=1e-5)
+    assert torch.isnan(mean)
+
+
+# (N, M or None for "contrasts = anchors", d): no anchor, no contrast, no feature.
+EMPTY = [(0, None, 4), (0, 3, 4), (3, 0, 4), (0, 0, 4), (3, None, 0), (2, 3, 0)]
+
+
+@pytest.mark.parametrize("denominator", ["all", "pos_plus_neg"])
+@pytest.mark.parametrize("case", EMPTY, ids=lambda c: "N{}_M{}_d{}".format(*c))
+def test_empty_inputs(any_backend, require_backend, case, denominator):
+    name, device = any_backend
+    n, m, d = case
+    a, y, b, yb, w, r = _inputs(n, m, d, 2, None, torch.float32, device)
+    kw = dict(denominator=denominator)
+    dev = [None if t is None else t.to(device) for t in (a, y, b, yb, w)]
+    require_backend("supcon_loss", name, _dispatch_inputs(*dev, **kw))
+    got = _run(lambda *t, **k: supcon_loss(*t, backend=name, **k), a, y, b, yb, w, r,
+               torch.float32, device, **kw)  # fmt: skip
+    want = _run(supcon_loss_reference, a, y, b, yb, w, r, torch.float32, "cpu", **kw)
+    assert got[0].shape == (n,) and got[1].shape == ()
+    for x, z in zip((got[0], got[1], *got[2]), (want[0], want[1], *want[2]), strict=True):
+        assert x.shape == z.shape
+        torch.testing.assert_close(x.detach().cpu(), z.detach(), rtol=1e-5, atol=1e-6)

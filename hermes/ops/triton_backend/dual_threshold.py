@@ -6,6 +6,7 @@ on the device: nothing here synchronises with the host.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -107,8 +108,9 @@ def dual_threshold(
     """The Triton implementation behind :func:`hermes.ops.dual_threshold` (same arguments)."""
     b, c = logits.shape[:2]
     spatial = tuple(logits.shape[2:])
-    x = logits.detach().reshape(b, c, -1).contiguous()
-    v = None if valid is None else valid.reshape(b, -1).contiguous()
+    p = math.prod(spatial)  # explicit: reshape cannot infer -1 for 0 elements
+    x = logits.detach().reshape(b, c, p).contiguous()
+    v = None if valid is None else valid.reshape(b, p).contiguous()
     labels, conf, ent, hist = pass1(x, v)
     global_hist = hist if histogram_hook is None else histogram_hook(hist.clone())
     thresholds = class_thresholds(global_hist, tau_max, tau_min)

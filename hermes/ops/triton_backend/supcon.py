@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from hermes.kernels import supcon as K
+from hermes.ops.supcon import nonfinite_to_nan
 from hermes.ops.triton_backend._common import HALF_AND_FLOAT, device_reasons, dtype_reasons
 
 
@@ -52,7 +53,7 @@ def _positives(
     ids_a, ids_b = ids[:n], ids[n:]
     b = contrasts.float()
     sums = torch.zeros(n + m, b.shape[1], device=b.device).index_add_(0, ids_b, b)
-    counts = torch.zeros(n + m, device=b.device).index_add_(0, ids_b, torch.ones_like(b[:, 0]))
+    counts = torch.zeros(n + m, device=b.device).index_add_(0, ids_b, b.new_ones(m))
     self_idx = torch.arange(n, device=b.device) + self_offset
     self_pos = (self_idx >= 0) & (self_idx < m) & has_self
     self_idx = self_idx.clamp(0, m - 1)
@@ -201,7 +202,9 @@ def supcon_loss(
     anchors = anchors.contiguous()
     if contrasts is not None and contrasts.shape[0] == 0:
         # No contrast at all: no anchor has a positive (the reference's value, with a graph).
-        per_anchor = anchors.sum(dim=1).float() * 0.0
+        per_anchor = nonfinite_to_nan(
+            (anchors.sum(dim=1).float() + contrasts.float().sum()) * 0.0, anchors, contrasts
+        )
         if weights is not None:
             per_anchor = per_anchor * weights.float()
         return per_anchor if reduction == "none" else per_anchor.sum()
@@ -218,6 +221,7 @@ def supcon_loss(
         self_offset is not None,
         denominator == "pos_plus_neg",
     )
+    per_anchor = nonfinite_to_nan(per_anchor, anchors, contrasts)
     if weights is not None:
         per_anchor = per_anchor * weights.float()
     if reduction == "none":
