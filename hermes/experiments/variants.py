@@ -49,6 +49,27 @@ VARIANTS: dict[str, Variant] = {
             "Hermes without the contrastive terms (image and pixel)",
             (("method.weights.contrast_img", 0.0), ("method.weights.contrast_pix", 0.0)),
         ),
+        # the method's mechanics at small scale (each differs from Hermes in one setting)
+        Variant(
+            "bn_every_pass",
+            "Hermes, BatchNorm statistics from every pass",
+            (("method.freeze_bn_unlabeled", False),),
+        ),
+        Variant(
+            "pixel_authors",
+            "Hermes, pixels: OR for Dice_u, entropy alone for the contrast (authors' code)",
+            (("method.pixel_reliability", "authors"),),
+        ),
+        Variant(
+            "warmup_unlabeled",
+            "Hermes, warm-up of 10 unlabeled-loader epochs (authors' unit)",
+            (("warmup_epochs", 10.0), ("warmup_epochs_of", "unlabeled")),
+        ),
+        Variant(
+            "views_apart",
+            "Hermes, weak and strong views in separate passes",
+            (("method.concat_views", False),),
+        ),
         Variant("mean_teacher", "Mean Teacher", (("method.mode", "mean_teacher"),)),
         Variant("fixmatch", "FixMatch (threshold 0.95)", (("method.mode", "fixmatch"),)),
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 MODES = ("hermes", "supervised", "mean_teacher", "fixmatch")
 PSEUDO_LABELS = ("dual", "fixed")
+PIXEL_RELIABILITY = ("and", "authors")
 
 
 def _require(ok: bool, name: str, expected: str, value: object) -> None:
@@ -70,7 +71,9 @@ class MemoryBankConfig:
 def _check_numbers(section: str, obj: object, low: float, high: float = math.inf) -> None:
     for name, value in vars(obj).items():
         _require(
-            isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high,
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and low <= value <= high,
             f"method.{section}.{name}",
             f"a number in [{low}, {high}]",
             value,
@@ -130,6 +133,11 @@ class MethodConfig:
         pseudo_labels: ``"dual"`` (class-wise adaptive confidence AND entropy thresholds) or
             ``"fixed"`` (the ablation: confidence > ``fixed_threshold`` alone).
         tau_max, tau_min: bounds of the class-wise confidence threshold.
+        pixel_reliability: which segmentation pixels the unlabeled terms use. ``"and"``
+            (the project's reading of the paper): confident AND certain for both ``Dice_u`` and
+            the pixel contrast. ``"authors"`` (the public code): confident OR certain for
+            ``Dice_u``, certain (entropy test) alone for the pixel contrast; while the
+            segmentation branch is unsure, AND keeps almost no background pixel.
         eta_start: the entropy threshold starts at ``eta_start * ln C`` and ramps up to
             ``ln C`` (the paper: ``eta(t) = (0.75 + 0.25 rampup(t, T)) ln C``).
         temperature, base_temperature: of both contrastive losses.
@@ -153,6 +161,7 @@ class MethodConfig:
     mode: str = "hermes"
     pseudo_labels: str = "dual"
     fixed_threshold: float = 0.95
+    pixel_reliability: str = "and"
     tau_max: float = 0.95
     tau_min: float = 0.5
     eta_start: float = 0.75
@@ -179,6 +188,12 @@ class MethodConfig:
             "method.pseudo_labels",
             f"one of {PSEUDO_LABELS}",
             self.pseudo_labels,
+        )
+        _require(
+            self.pixel_reliability in PIXEL_RELIABILITY,
+            "method.pixel_reliability",
+            f"one of {PIXEL_RELIABILITY}",
+            self.pixel_reliability,
         )
         for name in ("fixed_threshold", "tau_max", "tau_min", "eta_start"):
             value = getattr(self, name)

@@ -163,9 +163,10 @@ class HermesMethod(nn.Module):
                 ce_u = masked_cross_entropy(
                     cls_u.strong.logits, pl_cls.labels, pl_cls.reliable, comm
                 )
+            dice_mask, contrast_mask = self._pixel_masks(pl_seg, eta_seg)
             if w.dice_u > 0:
                 dice_u = w.dice_u_scale * dice_loss(
-                    seg_u.strong.logits, pl_seg.labels, weight=pl_seg.reliable, comm=comm
+                    seg_u.strong.logits, pl_seg.labels, weight=dice_mask, comm=comm
                 )
             if step >= cfg.warmup_steps and w.contrast_img > 0:
                 contrast_img = image_contrast(
@@ -180,7 +181,7 @@ class HermesMethod(nn.Module):
                     backend=self.backend,
                 )
             if step >= cfg.warmup_steps and w.contrast_pix > 0:
-                contrast_pix = self._pixel_contrast(seg_u, pl_seg)
+                contrast_pix = self._pixel_contrast(seg_u, pl_seg, contrast_mask)
             if w.itc > 0:
                 z_cls = cls_u.strong.consistency
                 if cfg.detach_junctions:
@@ -249,10 +250,21 @@ class HermesMethod(nn.Module):
             backend=self.backend, histogram_hook=hook,
         )  # fmt: skip
 
-    def _pixel_contrast(self, seg_u: _Views, pl: DualThresholdOutput) -> Tensor:
+    def _pixel_masks(self, pl: DualThresholdOutput, eta: float) -> tuple[Tensor, Tensor]:
+        """The pixels ``Dice_u`` and the pixel contrast use (``cfg.pixel_reliability``)."""
+        if self.cfg.pixel_reliability == "and":
+            return pl.reliable, pl.reliable
+        if self.cfg.pseudo_labels == "fixed":  # no entropy test: certain everywhere valid
+            certain = torch.isfinite(pl.confidence)
+        else:
+            certain = pl.entropy < eta  # NaN (invalid) entries compare False
+        confident = pl.confidence > pl.thresholds[pl.labels]
+        return confident | certain, certain
+
+    def _pixel_contrast(self, seg_u: _Views, pl: DualThresholdOutput, keep: Tensor) -> Tensor:
         cfg = self.cfg
         embedding = (seg_u.strong.embedding + seg_u.weak.embedding) / 2
-        labels = torch.where(pl.reliable, pl.labels, torch.full_like(pl.labels, IGNORE))
+        labels = torch.where(keep, pl.labels, torch.full_like(pl.labels, IGNORE))
         predictions = seg_u.strong.logits.detach().argmax(dim=1)
         loss, anchors, anchor_labels = pixel_contrast(
             embedding,
@@ -341,7 +353,5 @@ def log_truth(
         sums = comm.all_reduce_sum(sums)
     nan = torch.full_like(sums[0], math.nan)
     logs[f"pseudo_{task}/acc_kept_{where}"] = torch.where(sums[1] > 0, sums[0] / sums[1], nan)
-    logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(
-        sums[3] > 0, sums[2] / sums[3], nan
-    )
+    logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(sums[3] > 0, sums[2] / sums[3], nan)
     logs[f"pseudo_{task}/kept_{where}"] = sums[1] / sums[4].clamp(min=1)

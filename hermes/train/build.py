@@ -116,7 +116,8 @@ def build_everything(
         )
     method_cfg = cfg.method
     if cfg.warmup_epochs is not None:
-        steps = int(round(cfg.warmup_epochs * len(data.labeled)))
+        loader = data.labeled if cfg.warmup_epochs_of == "labeled" else data.unlabeled
+        steps = int(round(cfg.warmup_epochs * len(loader)))
         method_cfg = replace(method_cfg, warmup_steps=steps)
     seed_everything(cfg.seed)
     model = build_model(cfg.model).to(device)

@@ -27,6 +27,7 @@ from hermes.models import ModelConfig
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "torch", "triton", "cpp", "cuda")
+WARMUP_EPOCHS_OF = ("labeled", "unlabeled")
 
 
 def _require(ok: bool, name: str, expected: str, value: object) -> None:
@@ -141,8 +142,11 @@ class TrainConfig:
             cores an EfficientNet-Lite0 step at 128 px took 0.89 s instead of 1.46 s). Single
             process only: with ``distributed.workers > 1`` it is ignored (DeepSpeed's parameter
             broadcast needs contiguous tensors).
-        warmup_epochs: if set, ``method.warmup_steps`` becomes this many epochs of the labeled
-            loader (the public code warms up 10 epochs).
+        warmup_epochs: if set, ``method.warmup_steps`` becomes this many epochs of the loader
+            named by ``warmup_epochs_of`` (the public code warms up 10 epochs).
+        warmup_epochs_of: ``"labeled"`` or ``"unlabeled"``: whose epochs ``warmup_epochs``
+            counts. The authors' code counts epochs of the unlabeled loader, several times
+            longer than the labeled one when labels are few (the ``paper`` preset follows it).
         log_every: steps between TensorBoard/history records (1: every step).
         checkpoint_every: steps between checkpoints (0: only at the end).
         progress: show a tqdm progress bar.
@@ -163,6 +167,7 @@ class TrainConfig:
     threads: int | None = None
     channels_last: bool = False
     warmup_epochs: float | None = None
+    warmup_epochs_of: str = "labeled"
     log_every: int = 1
     checkpoint_every: int = 0
     progress: bool = True
@@ -176,6 +181,12 @@ class TrainConfig:
         )
         if self.threads is not None:
             _require(self.threads >= 1, "threads", "an int >= 1 or null", self.threads)
+        _require(
+            self.warmup_epochs_of in WARMUP_EPOCHS_OF,
+            "warmup_epochs_of",
+            f"one of {WARMUP_EPOCHS_OF}",
+            self.warmup_epochs_of,
+        )
         if self.warmup_epochs is not None:
             _require(
                 self.warmup_epochs >= 0,

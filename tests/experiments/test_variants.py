@@ -39,6 +39,12 @@ def test_each_variant_changes_only_its_fields(tmp_path: Path) -> None:
     assert cfgs["no_itc"].method.weights.itc == 0.0 and base.method.weights.itc > 0
     w = cfgs["no_contrast"].method.weights
     assert w.contrast_img == 0.0 and w.contrast_pix == 0.0
+    assert cfgs["bn_every_pass"].method.freeze_bn_unlabeled is False
+    assert cfgs["pixel_authors"].method.pixel_reliability == "authors"
+    assert base.method.pixel_reliability == "and"
+    assert cfgs["warmup_unlabeled"].warmup_epochs == 10.0
+    assert cfgs["warmup_unlabeled"].warmup_epochs_of == "unlabeled"
+    assert cfgs["views_apart"].method.concat_views is False and base.method.concat_views
     assert cfgs["mean_teacher"].method.mode == "mean_teacher"
     assert cfgs["fixmatch"].method.mode == "fixmatch"
     for name in ("mean_teacher", "fixmatch"):  # the baselines differ from Hermes in the mode only

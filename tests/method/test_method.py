@@ -195,3 +195,42 @@ def test_freeze_bn_unlabeled_keeps_running_stats_of_the_labeled_pass() -> None:
     updated = buffers(easy_cfg(), unlabeled)
     assert all(torch.equal(reference[k], frozen[k]) for k in reference)
     assert not all(torch.equal(reference[k], updated[k]) for k in reference)
+
+
+def test_pixel_reliability_rules() -> None:
+    """``and``: both unlabeled pixel terms use confident AND certain; ``authors``: Dice_u uses
+    confident OR certain, the pixel contrast certain alone."""
+    from hermes.ops import dual_threshold
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(2, 2, 8, 8, generator=g)
+    eta = 0.68  # near ln 2: some pixels are certain without being confident
+    pl = dual_threshold(logits, eta=eta, tau_max=0.95, tau_min=0.5)
+    p = torch.softmax(logits, dim=1)
+    confident = p.amax(dim=1) > pl.thresholds[p.argmax(dim=1)]
+    certain = -(p * torch.log(p + 1e-6)).sum(dim=1) < eta
+    assert torch.equal(pl.reliable, confident & certain)
+    ours = HermesMethod(tiny_model(), MethodConfig())
+    assert all(torch.equal(m, confident & certain) for m in ours._pixel_masks(pl, eta))
+    authors = HermesMethod(tiny_model(), MethodConfig(pixel_reliability="authors"))
+    dice_mask, contrast_mask = authors._pixel_masks(pl, eta)
+    assert torch.equal(dice_mask, confident | certain)
+    assert torch.equal(contrast_mask, certain)
+    # the rules differ on this input, so the switch is not a no-op
+    assert not torch.equal(dice_mask, pl.reliable) and not torch.equal(contrast_mask, pl.reliable)
+    with pytest.raises(ValueError, match="method.pixel_reliability"):
+        MethodConfig(pixel_reliability="or")
+
+
+def test_authors_pixel_rule_changes_the_unlabeled_dice() -> None:
+    labeled, unlabeled = batches()
+    cfg = MethodConfig(tau_max=0.95, tau_min=0.9, eta_start=0.9, max_views=4, max_samples=32)
+    torch.manual_seed(3)
+    _, ours = HermesMethod(tiny_model(decoder_dropout=0.0), cfg)(labeled, unlabeled, step=0)
+    authors_cfg = replace(cfg, pixel_reliability="authors")
+    torch.manual_seed(3)
+    _, theirs = HermesMethod(tiny_model(decoder_dropout=0.0), authors_cfg)(
+        labeled, unlabeled, step=0
+    )
+    assert ours["loss/seg_sup"].item() == theirs["loss/seg_sup"].item()
+    assert ours["loss/dice_u"].item() != theirs["loss/dice_u"].item()

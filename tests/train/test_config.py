@@ -85,3 +85,19 @@ def test_cls_optimizer_choice_builds_adamw() -> None:
     assert cls_opt.defaults["lr"] == 5e-4 and cls_opt.defaults["weight_decay"] == 0.01
     (sgd, _), _ = build_optimizers(model, OptimConfig())
     assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+
+
+def test_warmup_epochs_count_the_named_loader(tiny_overrides: list[str]) -> None:
+    from hermes.train.build import build_everything
+
+    base = [*tiny_overrides, "data.labeled=8", "data.batch_size=4", "data.unlabeled_batch_size=1",
+            "warmup_epochs=2"]  # fmt: skip
+    labeled = build_everything(load_config("default", base))
+    unlabeled = build_everything(load_config("default", [*base, "warmup_epochs_of=unlabeled"]))
+    n_lab, n_unl = len(labeled.data.labeled), len(unlabeled.data.unlabeled)
+    assert n_unl > n_lab  # unlabeled images one by one against 8 labeled in batches of 4
+    assert labeled.method.cfg.warmup_steps == 2 * n_lab
+    assert unlabeled.method.cfg.warmup_steps == 2 * n_unl
+    with pytest.raises(ValueError, match="warmup_epochs_of"):
+        load_config("default", ["warmup_epochs_of=test"])
+    assert load_config("paper", []).warmup_epochs_of == "unlabeled"
