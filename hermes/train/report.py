@@ -17,13 +17,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hermes.eval.metrics import METRICS  # noqa: E402
+
 if TYPE_CHECKING:
     from hermes.train.loop import RunResult
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("dice_lesion", "iou_lesion", "dice_mean", "iou_mean", "accuracy", "sensitivity",
-           "specificity", "auc")  # fmt: skip
 LOSS_KEYS = ("loss/total", "loss/ce_l", "loss/seg_sup", "loss/ce_u", "loss/dice_u",
              "loss/contrast_img", "loss/contrast_pix", "loss/itc")  # fmt: skip
 
