@@ -25,6 +25,7 @@ from typing import Any
 
 from hermes.train.config import TrainConfig, to_dict
 from hermes.train.distributed.worker import FAULT_ENV, train_loop_per_worker
+from hermes.train.preflight import check_out_dir
 
 logger = logging.getLogger("hermes.train.distributed")
 
@@ -45,6 +46,7 @@ def train_on_ray(
     resume: str | Path | None = None,
     stop_after: int | None = None,
     report: bool = True,
+    overwrite: bool = False,
 ) -> Any:
     """Train ``cfg`` on ``cfg.distributed.workers`` Ray workers with DeepSpeed.
 
@@ -54,6 +56,9 @@ def train_on_ray(
         resume: a checkpoint folder of an earlier Ray run (``.../checkpoint_*``) to continue.
         stop_after: stop after this many steps (the schedule still spans ``optim.steps``).
         report: evaluate the final weights and write the report.
+        overwrite: replace a run that ``cfg.out_dir`` already holds (without it, such a folder
+            is an error unless ``resume`` lies inside it; see
+            :func:`hermes.train.preflight.check_out_dir`).
 
     Returns:
         :class:`hermes.train.RunResult` (``checkpoint`` is ``<out_dir>/model.pt``).
@@ -66,6 +71,7 @@ def train_on_ray(
         raise FileNotFoundError(
             f"resume: {resume} is not a checkpoint of a distributed run (no deepspeed/ folder)"
         )
+    check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -80,7 +86,8 @@ def train_on_ray(
         },
         torch_config=TorchConfig(backend="nccl" if dcfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=dcfg.workers, use_gpu=dcfg.use_gpu,
+            num_workers=dcfg.workers,
+            use_gpu=dcfg.use_gpu,
             resources_per_worker={"CPU": dcfg.cpus_per_worker},
         ),  # fmt: skip
         run_config=RunConfig(
