@@ -109,9 +109,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(interrupted: dict) -> None:
     assert stopped["returncode"] == 130, stopped["stderr"]
     assert "Traceback" not in stopped["stderr"] and "KeyboardInterrupt" not in stopped["stderr"]
     assert 2 <= stopped["step"] < 10  # saved where it stopped, not at the last periodic save
-    assert f"resume with: python -m hermes.train --resume {interrupted['checkpoint']}" in (
-        stopped["stderr"]
-    )
+    resume = f"resume with: python -m hermes.train --resume {interrupted['checkpoint']}"
+    assert resume in stopped["stderr"]
 
 
 def test_resume_with_the_same_out_dir_continues_in_the_run_folder(interrupted: dict) -> None:
