@@ -77,7 +77,8 @@ class Head:
         self.dashboard = f"http://127.0.0.1:{dash}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         self.env.update(
-            PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+            PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+            RAY_USAGE_STATS_ENABLED="0",
             RAY_AUTH_MODE="disabled",  # a throwaway local cluster: no token
         )
         cmd = [
@@ -103,7 +104,9 @@ class Head:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.tmp / 'head.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"ray start exited: {(self.tmp / 'head.log').read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=5):
                     return
@@ -132,7 +135,9 @@ class Head:
             [ray, "job", "logs", "--address", self.dashboard, job_id],
             env=self.env, capture_output=True, text=True, timeout=120, check=False,
         ).stdout  # fmt: skip
-        assert f"Job '{job_id}' succeeded" in status.stdout, f"{status.stdout}\n{status.stderr}\n{logs[-6000:]}"
+        assert f"Job '{job_id}' succeeded" in status.stdout, (
+            f"{status.stdout}\n{status.stderr}\n{logs[-6000:]}"
+        )
         return logs
 
     def stop(self) -> None:
