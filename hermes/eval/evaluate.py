@@ -3,6 +3,12 @@ metrics).
 
     python -m hermes.evaluate runs/hermes/best.pt                       # the run's own test split
     python -m hermes.evaluate best.pt --data /path/Dataset_BUSI_with_GT --dataset busi
+    python -m hermes.evaluate best.pt --data /path/UDIAT --dataset udiat --split all
+
+The images come from the data settings alone (:func:`evaluation_loader`): training-only
+settings such as the label budget are not used. A metric that is undefined for the evaluated
+images (AUC when they are all of one class) is printed as ``nan``, written as ``null`` by
+``--out`` and named in a warning with the reason.
 """
 
 from __future__ import annotations
@@ -10,15 +16,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from hermes.eval.metrics import MetricAccumulator
+from hermes.eval.metrics import METRICS, MetricAccumulator, undefined_reasons
+
+if TYPE_CHECKING:
+    from hermes.data import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +47,11 @@ def predict_batch(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 
 @dataclass
 class Evaluation:
-    """Metrics plus a few test images with their masks and predictions (for figures)."""
+    """Metrics plus a few test images with their masks and predictions (for figures).
+    ``label_counts``: evaluated images per class index."""
 
     metrics: dict[str, float]
+    label_counts: list[int] = field(default_factory=list)
     images: list[Tensor] = field(default_factory=list)
     masks: list[Tensor] = field(default_factory=list)
     predictions: list[Tensor] = field(default_factory=list)
@@ -77,17 +90,56 @@ def evaluate(
                 out.ids.extend(list(batch.get("id", [""] * take))[:take])
     model.train(was_training)
     out.metrics = acc.compute()
+    out.label_counts = acc.label_counts(model.cfg.num_classes)
     return out
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    keys = ("dice_lesion", "iou_lesion", "dice_mean", "iou_mean", "accuracy", "sensitivity",
-            "specificity", "auc")  # fmt: skip
-    return "  ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
+    return "  ".join(f"{k}={metrics[k]:.4f}" for k in METRICS if k in metrics)
+
+
+def evaluation_loader(cfg: DataConfig, split: str = "test") -> DataLoader:
+    """The images of ``cfg`` to evaluate on, unaugmented, in a fixed order.
+
+    Args:
+        cfg: the data settings; the label budget and the training loaders' settings are not
+            used (a checkpoint can be evaluated on a dataset its budget does not fit).
+        split: ``"test"``: the test part of ``cfg.split_file`` when it exists, else of the split
+            made from ``cfg.seed`` and ``cfg.test_fraction`` (the one training makes);
+            ``"all"``: every image.
+    """
+    from hermes.data import LabeledDataset, load_records
+    from hermes.data.build import resolve_split
+
+    if split not in ("test", "all"):
+        raise ValueError(f"split: expected 'test' or 'all', got {split!r}")
+    records, _ = load_records(cfg)
+    if split == "test":
+        split_file = cfg.split_file
+        if split_file and not Path(split_file).is_file():
+            logger.warning("split file %s not found: the split is made from data.seed", split_file)
+            split_file = None
+        # The test part is drawn before the labeled part and does not depend on the budget;
+        # one image per class is a budget that always fits.
+        budget = len({r.label for r in records})
+        ids = resolve_split(replace(cfg, labeled=budget, split_file=split_file), records).test
+        by_id = {r.id: r for r in records}
+        records = [by_id[i] for i in ids]
+    dataset = LabeledDataset(
+        records, cfg.classes, cfg.image_size, augment=False, cache=cfg.cache_images
+    )
+    return DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers
+    )
+
+
+def json_metrics(metrics: dict[str, float]) -> str:
+    """``metrics`` as JSON, an undefined (non-finite) value as ``null``."""
+    clean = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
+    return json.dumps(clean, indent=2, allow_nan=False)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from hermes.data import build_data
     from hermes.train.checkpoint import load_model
 
     parser = argparse.ArgumentParser(
@@ -97,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help="dataset folder (default: the checkpoint's own data)")
     parser.add_argument("--dataset", choices=("busi", "udiat", "folder", "phantom"))
     parser.add_argument("--split-file", help="a split JSON to evaluate the test part of")
+    parser.add_argument(
+        "--split",
+        choices=("test", "all"),
+        default="test",
+        help="the test part of the split (default) or every image of the data",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batches", type=int, default=None)
     parser.add_argument("--out", help="write the metrics as JSON here")
@@ -111,15 +169,21 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--data and --dataset go together")
             data_cfg = replace(data_cfg, dataset=args.dataset, root=args.data, split_file=None)
         if args.split_file is not None:
+            if not Path(args.split_file).is_file():
+                raise FileNotFoundError(f"--split-file: no file {args.split_file}")
             data_cfg = replace(data_cfg, split_file=args.split_file)
-        data = build_data(data_cfg)
-        result = evaluate(model, data.test, args.device, max_batches=args.max_batches)
+        loader = evaluation_loader(data_cfg, args.split)
+        result = evaluate(model, loader, args.device, max_batches=args.max_batches)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_metrics(result.metrics))
+    undefined = undefined_reasons(result.metrics, result.label_counts, data_cfg.classes)
+    for name, reason in undefined.items():
+        logger.warning("warning: %s is undefined: %s%s", name, reason,
+                       " (written as null)" if args.out else "")  # fmt: skip
     if args.out:
-        Path(args.out).write_text(json.dumps(result.metrics, indent=2))
+        Path(args.out).write_text(json_metrics(result.metrics) + "\n")
     return 0
 
 

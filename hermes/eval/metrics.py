@@ -7,14 +7,21 @@ Conventions:
   class 1; ``*_mean`` averages background and lesion.
 - Classification: with 2 classes the positive class is index 1 (``malignant``); with more,
   sensitivity, specificity and AUC are macro averages of one-vs-rest.
+- A metric that is undefined for the images at hand is NaN (e.g. AUC, sensitivity or
+  specificity when a class is absent); :func:`undefined_reasons` says why.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+# What :meth:`MetricAccumulator.compute` returns besides the image count; higher is better.
+METRICS = ("dice_lesion", "iou_lesion", "dice_mean", "iou_mean", "accuracy", "sensitivity",
+           "specificity", "auc")  # fmt: skip
 
 
 def dice_iou_per_image(pred: Tensor, target: Tensor, cls: int) -> tuple[Tensor, Tensor]:
@@ -76,6 +83,26 @@ def classification_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
     return out
 
 
+def undefined_reasons(
+    metrics: dict[str, float], label_counts: Sequence[int], classes: Sequence[str]
+) -> dict[str, str]:
+    """Why each NaN metric of ``metrics`` is undefined, ``{metric: reason}`` (empty when none
+    is). ``label_counts``: evaluated images per class index; ``classes``: the class names."""
+    undefined = [k for k, v in metrics.items() if isinstance(v, float) and math.isnan(v)]
+    if not undefined:
+        return {}
+    total = sum(label_counts)
+    missing = [name for name, n in zip(classes, label_counts, strict=False) if n == 0]
+    present = ", ".join(f"{n} {name}" for name, n in zip(classes, label_counts, strict=False) if n)
+    if total == 0:
+        reason = "no image was evaluated"
+    elif missing:
+        reason = f"no {' or '.join(missing)} image among the {total} evaluated ({present})"
+    else:
+        reason = f"not computable from the {total} evaluated images ({present})"
+    return dict.fromkeys(undefined, reason)
+
+
 class MetricAccumulator:
     """Collects per-image segmentation scores and classification outputs over batches."""
 
@@ -112,3 +139,8 @@ class MetricAccumulator:
         out.update(classification_metrics(torch.cat(self.probs), torch.cat(self.labels)))
         out["images"] = float(sum(len(x) for x in self.labels))
         return out
+
+    def label_counts(self, num_classes: int) -> list[int]:
+        """Images added per class index."""
+        labels = torch.cat(self.labels) if self.labels else torch.zeros(0, dtype=torch.long)
+        return torch.bincount(labels, minlength=num_classes).tolist()

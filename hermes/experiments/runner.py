@@ -254,7 +254,7 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
     logger.info("%s: training (%d steps)%s", spec.key, cfg.optim.steps,
                 f", resuming {resume}" if resume else "")  # fmt: skip
     start = time.perf_counter()
-    run = train(cfg, resume=resume, report=False)
+    run = train(cfg, resume=resume, report=False, overwrite=True)  # a stale run is replaced
     seconds = time.perf_counter() - start
     history_file = Path(cfg.out_dir) / "history.json"
     atomic_write_text(history_file, json.dumps(run.state.history))

@@ -9,6 +9,11 @@ printed and written to ``<out>/report/`` (each run has its own ``<out>/<name>/re
     python -m hermes.train --config paper --set data.labeled=72 --baseline none
     python -m hermes.train --method fixmatch             # or mean_teacher, vs supervised-only
     python -m hermes.train --resume runs/default/hermes/last.pt
+
+A folder that already holds a run is not written into: continue it with ``--resume``, choose
+another ``--out``, or replace it with ``--overwrite``. A resumed run continues in the folder of
+its checkpoint, or in ``<out>/<name>`` with ``--out`` / ``--set out_dir`` (as a new run would).
+Ctrl-C saves a checkpoint at the current step and exits with status 130.
 """
 
 from __future__ import annotations
@@ -59,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backend", choices=BACKENDS, help="backend of the fused ops")
     parser.add_argument("--resume", help="continue a run from its checkpoint (no baseline)")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run(s) already in the output folder (default: refuse)",
+    )
+    parser.add_argument(
         "--stop-after",
         type=int,
         default=None,
@@ -82,13 +92,23 @@ def build_config(args: argparse.Namespace) -> Any:
         overrides.append(("backend", args.backend))
     if args.out is not None:
         overrides.append(("out_dir", args.out))
-    if args.resume is not None and args.config is None:
+    if args.resume is None:
+        return load_config(args.config or "default", overrides)
+    resume = Path(args.resume)  # a distributed run's checkpoint is a folder with model.pt
+    out_given = args.out is not None or any(
+        isinstance(o, str) and o.split("=", 1)[0].strip() == "out_dir" for o in args.overrides
+    )
+    if args.config is not None:
+        cfg = load_config(args.config, overrides)
+    else:
         from hermes.train.checkpoint import load_checkpoint
 
-        resume = Path(args.resume)  # a distributed run's checkpoint is a folder with model.pt
         base = load_checkpoint(resume / "model.pt" if resume.is_dir() else resume)["config"]
-        return load_config(None, overrides, base=base)
-    return load_config(args.config or "default", overrides)
+        cfg = load_config(None, overrides, base=base)
+        if not out_given:  # the run continues in its own folder
+            folder = resume.parent if resume.is_file() else Path(base["out_dir"])
+            return replace(cfg, out_dir=str(folder))
+    return replace(cfg, out_dir=str(Path(cfg.out_dir) / cfg.name))  # as a new run's folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from hermes.train.interrupt import Interrupted
     from hermes.train.loop import train
+    from hermes.train.preflight import check_out_dir
     from hermes.train.report import comparison_table, write_comparison_report
 
     try:
@@ -106,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.distributed.workers > 1:  # Ray Train + DeepSpeed (hermes.train.distributed)
             from hermes.train.distributed import train_on_ray as train
         if args.resume is not None:
-            result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+            result = train(cfg, resume=args.resume, stop_after=args.stop_after,
+                           overwrite=args.overwrite)  # fmt: skip
             print(comparison_table([result]))
             return 0
         root = Path(cfg.out_dir)
@@ -116,10 +139,21 @@ def main(argv: list[str] | None = None) -> int:
                 replace(cfg, name="supervised", out_dir=str(root / "supervised"),
                         method=replace(cfg.method, mode="supervised"))
             )  # fmt: skip
+        for run in runs:  # every folder before the first run starts
+            check_out_dir(run.out_dir, overwrite=args.overwrite)
         results = [train(run, stop_after=args.stop_after) for run in runs]
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"interrupted at step {exc.step} of {exc.total}: checkpoint saved to "
+              f"{exc.checkpoint}\nresume with: python -m hermes.train --resume {exc.checkpoint}",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted: stopped without saving (the last checkpoint, if any, is kept)",
+              file=sys.stderr)  # fmt: skip
+        return 130
     finished = [r for r in results if r.final is not None]
     if len(finished) > 1:
         folder = write_comparison_report(finished, root / "report")

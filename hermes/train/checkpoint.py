@@ -4,6 +4,12 @@ A checkpoint holds the method (networks and memory bank), both optimisers and sc
 loss scaler, the step, the data streams' positions, the RNG states of torch (CPU and CUDA),
 numpy and ``random``, the configuration, and the history of logged values and evaluations (so
 that the report of a resumed run is complete).
+
+Only tensors and plain Python values (dicts, lists, tuples, numbers, strings, ``None``) go in,
+so every checkpoint loads with ``torch.load(path, weights_only=True)``; numpy's RNG state is
+stored as a dict with its key as an int64 tensor. Checkpoints written before that change hold a
+numpy array there: :func:`load_checkpoint` reads them too, allowing numpy's array
+reconstruction and nothing else.
 """
 
 from __future__ import annotations
@@ -46,11 +52,39 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.close(dir_fd)
 
 
+# What a numpy array inside a checkpoint written before the RNG state became plain needs.
+_NUMPY_ARRAY_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+
+
+def numpy_rng_state() -> dict[str, Any]:
+    """numpy's global RNG state as plain values: ``{"bit_generator": str, "key": (624,) int64
+    tensor, "pos": int, "has_gauss": int, "cached_gaussian": float}``."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached),
+    }  # fmt: skip
+
+
+def set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
+    """Restore :func:`numpy_rng_state` (or numpy's own tuple, as older checkpoints hold)."""
+    if isinstance(state, dict):
+        key = np.asarray(state["key"].numpy(), dtype=np.uint32)
+        state = (state["bit_generator"], key, state["pos"], state["has_gauss"],
+                 state["cached_gaussian"])  # fmt: skip
+    np.random.set_state(state)
+
+
 def rng_state() -> dict[str, Any]:
-    """Every RNG the training step draws from."""
+    """Every RNG the training step draws from (tensors and plain values only)."""
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy_rng_state(),
         "python": random.getstate(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -60,19 +94,21 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    set_numpy_rng_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by the trainer; a clear error for a missing or foreign file."""
+    """Read a checkpoint written by the trainer with ``torch.load(weights_only=True)``; a clear
+    error for a missing or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):  # older checkpoints
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the same user error
         raise ValueError(
             f"checkpoint {path}: cannot be read ({type(exc).__name__}: {exc})"

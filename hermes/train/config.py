@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from hermes.data import DataConfig
+from hermes.eval.metrics import METRICS
 from hermes.method.config import MethodConfig
 from hermes.models import ModelConfig
 
@@ -28,6 +29,9 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "torch", "triton", "cpp", "cuda")
 WARMUP_EPOCHS_OF = ("labeled", "unlabeled")
+# The networks take images whose side is a multiple of this (five stride-2 stages; the saliency
+# map and the decoder's skip connections need it).
+IMAGE_SIZE_MULTIPLE = 32
 
 
 def _require(ok: bool, name: str, expected: str, value: object) -> None:
@@ -92,6 +96,8 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(self.every >= 0, "eval.every", "an int >= 0", self.every)
+        _require(self.best_metric in METRICS, "eval.best_metric", f"one of {METRICS}",
+                 self.best_metric)  # fmt: skip
         if self.max_batches is not None:
             _require(
                 self.max_batches >= 1, "eval.max_batches", "an int >= 1 or null", self.max_batches
@@ -175,6 +181,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
         _require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}", self.backend)
+        size = self.data.image_size
+        _require(size % IMAGE_SIZE_MULTIPLE == 0, "data.image_size",
+                 f"a multiple of {IMAGE_SIZE_MULTIPLE} (the networks' input)", size)  # fmt: skip
         _require(self.log_every >= 1, "log_every", "an int >= 1", self.log_every)
         _require(
             self.checkpoint_every >= 0, "checkpoint_every", "an int >= 0", self.checkpoint_every

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from hermes.comm import Comm
 from hermes.eval.evaluate import Evaluation, evaluate, format_metrics
-from hermes.train.build import Components, build_everything
+from hermes.train.build import Components, build_everything, resolve_device
 from hermes.train.checkpoint import (
     FORMAT_VERSION,
     atomic_save,
@@ -28,6 +28,8 @@ from hermes.train.checkpoint import (
     set_rng_state,
 )
 from hermes.train.config import TrainConfig, save_config, to_dict
+from hermes.train.interrupt import Interrupted, stop_requests
+from hermes.train.preflight import check_backend, check_out_dir
 from hermes.train.step import autocast_context, to_device, train_step
 from hermes.train.stream import BatchStream
 
@@ -160,6 +162,7 @@ def train(
     stop_after: int | None = None,
     comm: Comm | None = None,
     report: bool = True,
+    overwrite: bool = False,
 ) -> RunResult:
     """Train ``cfg`` (optionally resuming a checkpoint) and write checkpoints and the report.
 
@@ -171,6 +174,15 @@ def train(
             run had been interrupted there; the schedule still spans ``cfg.optim.steps``.
         comm: collectives (single process: ``None``).
         report: write the report folder at the end.
+        overwrite: replace a run that ``cfg.out_dir`` already holds. Without it such a folder
+            is an error, unless ``resume`` is one of its own checkpoints (see
+            :func:`hermes.train.preflight.check_out_dir`).
+
+    Raises:
+        ValueError: ``cfg.out_dir`` holds another run, or ``cfg.backend`` cannot run on the
+            device; both before anything is built.
+        Interrupted: on Ctrl-C (SIGINT), after the current step and a checkpoint at it
+            (``last.pt``); resume from that checkpoint to continue exactly.
     """
     import time
 
@@ -180,6 +192,8 @@ def train(
 
     start = time.perf_counter()
     out = Path(cfg.out_dir)
+    check_out_dir(out, resume=resume, overwrite=overwrite)
+    check_backend(cfg.backend, resolve_device(cfg.device))
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     comps = build_everything(cfg, comm)
@@ -202,49 +216,53 @@ def train(
                dynamic_ncols=True)  # fmt: skip
     comps.method.train()
     final: Evaluation | None = None
-    try:
-        while state.step < end:
-            step = state.step
-            labeled = to_device(next(streams["labeled"]), comps.device)
-            unlabeled = None if supervised else to_device(next(streams["unlabeled"]), comps.device)
-            logs = train_step(
-                comps.method, comps.optimizers, comps.schedulers, labeled, unlabeled, step, total,
-                amp=cfg.amp, scaler=scaler, grad_clip=cfg.optim.grad_clip,
-            )  # fmt: skip
-            state.step = step + 1
-            if step % cfg.log_every == 0 or state.step == total:
-                values = logs_to_floats(logs)
-                values["lr/cls"] = comps.optimizers[0].param_groups[0]["lr"]
-                values["lr/seg"] = comps.optimizers[1].param_groups[0]["lr"]
-                for key, value in values.items():
-                    writer.add_scalar(key, value, step)
-                state.history.append({"step": float(step), **values})
-                bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
-            bar.update(1)
-            is_final = state.step == total
-            if (cfg.eval.every and state.step % cfg.eval.every == 0) or is_final:
-                ev = run_evaluation(comps, keep_images=cfg.eval.figure_images if is_final else 0)
-                if is_final:
-                    final = ev
-                record = {"step": float(state.step), **ev.metrics}
-                state.evals.append(record)
-                for key, value in ev.metrics.items():
-                    writer.add_scalar(f"test/{key}", value, state.step)
-                logger.info("step %d: %s", state.step, format_metrics(ev.metrics))
-                key = cfg.eval.best_metric
-                if key not in ev.metrics:
-                    raise ValueError(
-                        f"eval.best_metric: expected one of {sorted(ev.metrics)}, got {key!r}"
+    with stop_requests() as stop:  # Ctrl-C: finish the step, then leave the loop
+        try:
+            while state.step < end and not stop.requested:
+                step = state.step
+                labeled = to_device(next(streams["labeled"]), comps.device)
+                unlabeled = (
+                    None if supervised else to_device(next(streams["unlabeled"]), comps.device)
+                )
+                logs = train_step(
+                    comps.method, comps.optimizers, comps.schedulers, labeled, unlabeled, step,
+                    total, amp=cfg.amp, scaler=scaler, grad_clip=cfg.optim.grad_clip,
+                )  # fmt: skip
+                state.step = step + 1
+                if step % cfg.log_every == 0 or state.step == total:
+                    values = logs_to_floats(logs)
+                    values["lr/cls"] = comps.optimizers[0].param_groups[0]["lr"]
+                    values["lr/seg"] = comps.optimizers[1].param_groups[0]["lr"]
+                    for key, value in values.items():
+                        writer.add_scalar(key, value, step)
+                    state.history.append({"step": float(step), **values})
+                    bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
+                bar.update(1)
+                is_final = state.step == total
+                if (cfg.eval.every and state.step % cfg.eval.every == 0) or is_final:
+                    ev = run_evaluation(
+                        comps, keep_images=cfg.eval.figure_images if is_final else 0
                     )
-                if _is_better(ev.metrics[key], state.best, key):
-                    state.best = record
-                    save_checkpoint(out / "best.pt", comps, streams, state, scaler)
-            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                save_checkpoint(last, comps, streams, state, scaler)
-    finally:
-        bar.close()
-        writer.close()
+                    if is_final:
+                        final = ev
+                    record = {"step": float(state.step), **ev.metrics}
+                    state.evals.append(record)
+                    for key, value in ev.metrics.items():
+                        writer.add_scalar(f"test/{key}", value, state.step)
+                    logger.info("step %d: %s", state.step, format_metrics(ev.metrics))
+                    key = cfg.eval.best_metric  # a metric name (checked by EvalConfig)
+                    if _is_better(ev.metrics[key], state.best, key):
+                        state.best = record
+                        save_checkpoint(out / "best.pt", comps, streams, state, scaler)
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+                    save_checkpoint(last, comps, streams, state, scaler)
+        finally:
+            bar.close()
+            writer.close()
     save_checkpoint(last, comps, streams, state, scaler)
+    if state.step < end:  # stopped by Ctrl-C
+        logger.warning("interrupted at step %d of %d: checkpoint %s", state.step, total, last)
+        raise Interrupted(last, state.step, total)
 
     if state.step == total and final is None:  # resumed from a finished run
         final = run_evaluation(comps, keep_images=cfg.eval.figure_images)

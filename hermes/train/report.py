@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from hermes.eval.metrics import METRICS  # noqa: E402
+
 if TYPE_CHECKING:
     from hermes.train.loop import RunResult
 
@@ -24,8 +26,6 @@ logger = logging.getLogger(__name__)
 
 PSEUDO_LABEL_MODES = ("hermes", "fixmatch")  # the methods that log pseudo-label statistics
 
-METRICS = ("dice_lesion", "iou_lesion", "dice_mean", "iou_mean", "accuracy", "sensitivity",
-           "specificity", "auc")  # fmt: skip
 LOSS_KEYS = ("loss/total", "loss/ce_l", "loss/seg_sup", "loss/ce_u", "loss/dice_u",
              "loss/contrast_img", "loss/contrast_pix", "loss/itc", "loss/unsup_cls",
              "loss/unsup_seg")  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,56 @@ def test_train_cli_resume_of_a_finished_run(trained: Path, capsys: pytest.Captur
     # the checkpoint's own configuration is used; a finished run is only re-evaluated
     assert train_main(["--resume", str(trained / "hermes" / "last.pt")]) == 0
     assert "dice_lesion" in capsys.readouterr().out
+
+
+def _evaluate(args: list[str]) -> subprocess.CompletedProcess[str]:
+    """``python -m hermes.evaluate`` in a subprocess, from the repository root."""
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [sys.executable, "-m", "hermes.evaluate", *args], cwd=repo, capture_output=True,
+        text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=600,
+    )  # fmt: skip
+
+
+def _reject_nan(name: str) -> None:
+    raise ValueError(f"not JSON: {name}")
+
+
+def test_evaluate_writes_null_for_an_undefined_metric(trained: Path, tmp_path: Path) -> None:
+    from hermes.data import load_records
+    from hermes.train.checkpoint import load_model
+
+    _, cfg = load_model(trained / "hermes" / "last.pt")
+    benign = sorted(r.id for r in load_records(cfg.data)[0] if r.label == "benign")
+    split = tmp_path / "benign.json"  # a test part of one class: AUC and sensitivity undefined
+    split.write_text(json.dumps({"labeled": [], "unlabeled": [], "test": benign}))
+    out = tmp_path / "metrics.json"
+    proc = _evaluate([str(trained / "hermes" / "last.pt"), "--split-file", str(split),
+                      "--out", str(out)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(out.read_text(), parse_constant=_reject_nan)
+    assert metrics["auc"] is None and metrics["sensitivity"] is None
+    assert metrics["images"] == len(benign) and metrics["specificity"] is not None
+    for name in ("auc", "sensitivity"):
+        assert f"{name} is undefined: no malignant image among the {len(benign)} evaluated" in (
+            proc.stderr
+        )
+
+
+def test_evaluate_on_another_dataset_ignores_the_label_budget(
+    trained: Path, tmp_path: Path
+) -> None:
+    from hermes.data.phantom import PhantomConfig, ensure_phantom
+
+    # 6 images: the run's budget of 8 labeled images does not fit their train part
+    other = ensure_phantom(PhantomConfig(size=6, image_size=48, seed=7), tmp_path / "cache")
+    ckpt = str(trained / "hermes" / "last.pt")
+    test = _evaluate([ckpt, "--data", str(other), "--dataset", "folder", "--out",
+                      str(tmp_path / "test.json")])  # fmt: skip
+    assert test.returncode == 0, test.stderr
+    assert "labeled budget" not in test.stderr
+    assert json.loads((tmp_path / "test.json").read_text())["images"] == 2  # 30% of 3 per class
+    every = _evaluate([ckpt, "--data", str(other), "--dataset", "folder", "--split", "all",
+                       "--out", str(tmp_path / "all.json")])  # fmt: skip
+    assert every.returncode == 0, every.stderr
+    assert json.loads((tmp_path / "all.json").read_text())["images"] == 6

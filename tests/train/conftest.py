@@ -21,10 +21,15 @@ def phantom_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tiny_overrides(tmp_path: Path, phantom_cache: Path) -> list[str]:
-    """Overrides of the default preset for a run of a few seconds."""
+def tiny_overrides(tmp_path: Path, tiny_settings: list[str]) -> list[str]:
+    """Overrides of the default preset for a run of a few seconds (into ``tmp_path/run``)."""
+    return [f"out_dir={tmp_path / 'run'}", *tiny_settings]
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(phantom_cache: Path) -> list[str]:
+    """:func:`tiny_overrides` without ``out_dir`` (for fixtures that outlive one test)."""
     return [
-        f"out_dir={tmp_path / 'run'}",
         f"data.cache_dir={phantom_cache}",
         "data.phantom_size=24", "data.phantom_image_size=64", "data.image_size=32",
         "data.labeled=8", "data.batch_size=4", "data.unlabeled_batch_size=4",

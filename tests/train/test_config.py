@@ -54,6 +54,9 @@ def test_overrides_nested_and_typed(tmp_path: Path) -> None:
         ("data.geometry=spin", "geometry"),
         ("model.attention_init=zeros", "attention_init"),
         ("channels_last=sometimes", "channels_last"),
+        # the networks need a multiple of 32; 50 used to fail at step 1 inside the saliency map
+        ("data.image_size=50", "data.image_size"),
+        ("eval.best_metric=nonsense", "eval.best_metric"),  # used to fail after an evaluation
     ],
 )
 def test_bad_value_names_the_field(override: str, field: str) -> None:

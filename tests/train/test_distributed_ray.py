@@ -77,7 +77,8 @@ class Head:
         self.dashboard = f"http://127.0.0.1:{dash}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         self.env.update(
-            PATH=f"{BIN}:{os.environ.get('PATH', '')}", RAY_USAGE_STATS_ENABLED="0",
+            PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+            RAY_USAGE_STATS_ENABLED="0",
             RAY_AUTH_MODE="disabled",  # a throwaway local cluster: no token
         )
         cmd = [
@@ -103,7 +104,9 @@ class Head:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {(self.tmp / 'head.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"ray start exited: {(self.tmp / 'head.log').read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=5):
                     return
@@ -132,7 +135,9 @@ class Head:
             [ray, "job", "logs", "--address", self.dashboard, job_id],
             env=self.env, capture_output=True, text=True, timeout=120, check=False,
         ).stdout  # fmt: skip
-        assert f"Job '{job_id}' succeeded" in status.stdout, f"{status.stdout}\n{status.stderr}\n{logs[-6000:]}"
+        assert f"Job '{job_id}' succeeded" in status.stdout, (
+            f"{status.stdout}\n{status.stderr}\n{logs[-6000:]}"
+        )
         return logs
 
     def stop(self) -> None:
@@ -184,24 +189,25 @@ def test_job_leaves_a_checkpoint(first_run):
     assert (ckpt / "deepspeed" / "latest").read_text().strip() == "step2"
     assert list((ckpt / "deepspeed" / "step2").glob("*model_states.pt"))
     assert len(list((ckpt / "deepspeed" / "step2").glob("*optim_states.pt"))) == 2  # one per rank
-    saved = torch.load(out / "model.pt", weights_only=False)
+    saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["step"] == 2 and saved["distributed"]["workers"] == 2
 
 
 def test_resumed_run_survives_a_failure(head, first_run, tmp_path_factory):
     first_out, _ = first_run
     (ckpt,) = _checkpoints(first_out)
-    out = tmp_path_factory.mktemp("second")
-    marker = out / "fault.marker"
+    root = tmp_path_factory.mktemp("second")
+    marker = root / "fault.marker"
     logs = head.submit(
         "hermes-resumed",
-        ["--resume", str(ckpt), "--out", str(out), "--set", "progress=false"],
+        ["--resume", str(ckpt), "--out", str(root), "--set", "progress=false"],
         {"HERMES_FAULT_AT": f"1:5:{marker}"},
     )
+    out = root / "hermes"  # with --out, a resumed run goes where a new one would
     assert marker.exists(), "the injected fault never fired"
     assert "injected fault on rank 1 at step 5" in logs
     assert "resumed at step 2" in logs and "resumed at step 4" in logs, logs[-4000:]
-    saved = torch.load(out / "model.pt", weights_only=False)
+    saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["step"] == STEPS
     # the history is that of one uninterrupted run: every step once, in order
     assert [int(h["step"]) for h in saved["history"]] == list(range(STEPS))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hermes.train import BatchStream, load_config, train
-from hermes.train.checkpoint import atomic_save, load_checkpoint
+from hermes.train.checkpoint import atomic_save
 
 LOSS_KEYS = ("loss/total", "loss/ce_l", "loss/seg_sup", "loss/ce_u", "loss/dice_u",
              "loss/contrast_img", "loss/contrast_pix", "loss/itc")  # fmt: skip
@@ -37,10 +37,23 @@ def test_resume_is_exact(tiny_overrides: list[str], tmp_path: Path, mode: str) -
                 a["step"], key, a[key], b[key]
             )  # fmt: skip
     assert full.metrics == resumed.metrics
-    # the networks end identical too
-    sa = load_checkpoint(full.checkpoint)["method"]
-    sb = load_checkpoint(resumed.checkpoint)["method"]
+    # the networks end identical too; checkpoints hold tensors and plain values only
+    sa = torch.load(full.checkpoint, weights_only=True)["method"]
+    sb = torch.load(resumed.checkpoint, weights_only=True)["method"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_train_refuses_a_folder_holding_another_run(
+    tiny_overrides: list[str], tmp_path: Path
+) -> None:
+    cfg = load_config("default", [*tiny_overrides, "optim.steps=1", "eval.every=0"])
+    first = train(cfg, report=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(cfg, report=False)  # refused before anything is built
+    assert torch.load(first.checkpoint, weights_only=True)["step"] == 1
+    again = train(cfg, report=False, overwrite=True)
+    assert again.state.step == 1
+    assert len(list((again.out_dir / "tensorboard").iterdir())) == 1  # the old log went too
 
 
 def test_run_writes_checkpoints_tensorboard_and_report(

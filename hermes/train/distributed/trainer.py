@@ -26,6 +26,7 @@ from typing import Any
 from hermes.train.config import TrainConfig, to_dict
 from hermes.train.distributed.engine import check_method, load_deepspeed_config
 from hermes.train.distributed.worker import FAULT_ENV, train_loop_per_worker
+from hermes.train.preflight import check_out_dir
 
 logger = logging.getLogger("hermes.train.distributed")
 
@@ -46,6 +47,7 @@ def train_on_ray(
     resume: str | Path | None = None,
     stop_after: int | None = None,
     report: bool = True,
+    overwrite: bool = False,
 ) -> Any:
     """Train ``cfg`` on ``cfg.distributed.workers`` Ray workers with DeepSpeed.
 
@@ -55,6 +57,9 @@ def train_on_ray(
         resume: a checkpoint folder of an earlier Ray run (``.../checkpoint_*``) to continue.
         stop_after: stop after this many steps (the schedule still spans ``optim.steps``).
         report: evaluate the final weights and write the report.
+        overwrite: replace a run that ``cfg.out_dir`` already holds (without it, such a folder
+            is an error unless ``resume`` lies inside it; see
+            :func:`hermes.train.preflight.check_out_dir`).
 
     Returns:
         :class:`hermes.train.RunResult` (``checkpoint`` is ``<out_dir>/model.pt``).
@@ -72,6 +77,7 @@ def train_on_ray(
         use_gpu=dcfg.use_gpu,
     )  # fmt: skip
     check_method(cfg.method.mode, ds_cfg)  # before any worker starts
+    check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +92,8 @@ def train_on_ray(
         },
         torch_config=TorchConfig(backend="nccl" if dcfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=dcfg.workers, use_gpu=dcfg.use_gpu,
+            num_workers=dcfg.workers,
+            use_gpu=dcfg.use_gpu,
             resources_per_worker={"CPU": dcfg.cpus_per_worker},
         ),  # fmt: skip
         run_config=RunConfig(
