@@ -9,7 +9,6 @@ optimisers and their poly schedules.
 from __future__ import annotations
 
 import logging
-import os
 import random
 from dataclasses import dataclass, replace
 
@@ -20,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from hermes.comm import Comm
 from hermes.data import Data, build_data
 from hermes.method import build_method, poly_factor
-from hermes.models import HermesModel, build_model
+from hermes.models import HermesModel, ModelConfig, build_model
 from hermes.train.config import OptimConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -60,12 +59,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def apply_backend(backend: str) -> None:
-    """Select the fused ops' backend for all three ops (``auto``: automatic dispatch)."""
+def model_with_backend(model: ModelConfig, backend: str) -> ModelConfig:
+    """The model configuration with the run's fused-op backend (``TrainConfig.backend``) passed
+    down to its attention; the process environment is left alone. A conflicting
+    ``model.backend`` is an error naming both fields."""
     if backend == "auto":
-        os.environ.pop("HERMES_BACKEND", None)
-    else:
-        os.environ["HERMES_BACKEND"] = backend
+        return model
+    if model.backend is not None and model.backend != backend:
+        raise ValueError(
+            f"model.backend: {model.backend!r} conflicts with backend: {backend!r} (set one)"
+        )
+    return replace(model, backend=backend)
 
 
 def build_optimizers(
@@ -106,7 +110,6 @@ def build_everything(
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    apply_backend(cfg.backend)
     device = device if device is not None else resolve_device(cfg.device)
     data = build_data(cfg.data)
     if data.num_classes != cfg.model.num_classes:
@@ -120,7 +123,7 @@ def build_everything(
         steps = int(round(cfg.warmup_epochs * len(loader)))
         method_cfg = replace(method_cfg, warmup_steps=steps)
     seed_everything(cfg.seed)
-    model = build_model(cfg.model).to(device)
+    model = build_model(model_with_backend(cfg.model, cfg.backend)).to(device)
     if cfg.channels_last and cfg.distributed.workers == 1:
         model = model.to(memory_format=torch.channels_last)
     elif cfg.channels_last:

@@ -39,3 +39,25 @@ def test_method_trains_with_backend(backend: str, tiny_overrides: list[str], tmp
                 active.add(key)
     # the fused ops were really on the path: the contrastive terms were computed
     assert {"loss/contrast_img", "loss/ce_u"} <= active, active
+
+
+def test_backend_is_an_argument_not_the_environment(
+    tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's backend reaches the method and the attention as arguments; the caller's own
+    HERMES_BACKEND is neither overwritten nor removed."""
+    import os
+
+    from hermes.ops import InterTaskAttention
+    from hermes.train.build import build_everything
+
+    monkeypatch.setenv("HERMES_BACKEND", "cpp")
+    for backend, forced in (("torch", "torch"), ("auto", None)):
+        comps = build_everything(load_config("default", [*tiny_overrides, f"backend={backend}"]))
+        assert os.environ["HERMES_BACKEND"] == "cpp"
+        assert comps.method.backend == forced
+        attention = [m for m in comps.model.modules() if isinstance(m, InterTaskAttention)]
+        assert attention and all(m.backend == forced for m in attention)
+    with pytest.raises(ValueError, match="model.backend.*backend"):
+        build_everything(load_config("default", [*tiny_overrides, "backend=torch",
+                                                 "model.backend=cpp"]))  # fmt: skip
