@@ -21,7 +21,7 @@ setup: $(VENV)/.deps
 train: setup
 	$(PY) -m hermes.train $(ARGS)
 
-test: setup cuda-check
+test: setup cuda-check lint
 	$(PY) -m pytest tests -q $(ARGS)
 
 # Compile check of hermes._C's CUDA kernels (no GPU needed): builds the extension with its CUDA
@@ -38,8 +38,10 @@ cuda-check: setup
 			--build-temp build/cuda-check/temp --build-lib build/cuda-check/lib; \
 	fi
 
+# Lint and formatting (ruff, pinned in the dev extra); part of `make test`, hence of CI.
 lint: setup
 	$(VENV)/bin/ruff check hermes kernels tests benchmarks
+	$(VENV)/bin/ruff format --check hermes kernels tests benchmarks
 
 benchmark: setup
 	$(PY) -m pytest benchmarks --benchmark-only $(ARGS)

@@ -53,5 +53,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _SKIPPED.append({"name": report.nodeid, "reason": reason.removeprefix("Skipped: ")})
 
 
-def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+def pytest_benchmark_update_json(
+    config: pytest.Config, benchmarks: list, output_json: dict
+) -> None:
     output_json["hermes_skipped"] = list(_SKIPPED)

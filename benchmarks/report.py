@@ -78,8 +78,14 @@ def rows(data: dict[str, Any]) -> list[Row]:
     out = []
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
-        out.append(Row(bench["group"] or bench["name"], str(info.get("backend", bench["name"])),
-                       float(bench["stats"]["median"]), info))
+        out.append(
+            Row(
+                bench["group"] or bench["name"],
+                str(info.get("backend", bench["name"])),
+                float(bench["stats"]["median"]),
+                info,
+            )
+        )
     return out
 
 
@@ -160,7 +166,9 @@ def memory_table(section: list[Row]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     slopes = [fit_slope([(n, p) for n, p, _ in curves[b]]) for b in backends]
     lines.append(
-        "| log-log slope | " + " | ".join("" if s is None else f"**{s:.2f}**" for s in slopes) + " |"
+        "| log-log slope | "
+        + " | ".join("" if s is None else f"**{s:.2f}**" for s in slopes)
+        + " |"
     )
     if REFERENCE in curves:
         ref = {n: p for n, p, _ in curves[REFERENCE]}
@@ -194,13 +202,15 @@ def header(data: dict[str, Any], all_rows: list[Row]) -> str:
     info = all_rows[0].info if all_rows else {}
     versions = info.get("versions", {})
     commit = data.get("commit_info", {})
-    return "\n".join([
-        f"- device: {info.get('device', '?')}",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"- run: {data.get('datetime', '?')}, commit {str(commit.get('id', '?'))[:10]}"
-        + (" (uncommitted changes)" if commit.get("dirty") else ""),
-        "- times are medians; ratios are `t_baseline / t` (above 1: faster than the baseline)",
-    ])
+    return "\n".join(
+        [
+            f"- device: {info.get('device', '?')}",
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+            f"- run: {data.get('datetime', '?')}, commit {str(commit.get('id', '?'))[:10]}"
+            + (" (uncommitted changes)" if commit.get("dirty") else ""),
+            "- times are medians; ratios are `t_baseline / t` (above 1: faster than the baseline)",
+        ]
+    )
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -214,8 +224,12 @@ def markdown(data: dict[str, Any]) -> str:
         if section:
             parts += ["", f"## {SECTIONS.get(op, op)}", "", op_table(section)]
     if scaling:
-        parts += ["", "## supcon_loss peak memory against N (forward + backward, d = 128)", "",
-                  memory_table(scaling)]
+        parts += [
+            "",
+            "## supcon_loss peak memory against N (forward + backward, d = 128)",
+            "",
+            memory_table(scaling),
+        ]
     skipped = skipped_table(data)
     if skipped:
         parts += ["", "## Not measured", "", skipped]
@@ -235,11 +249,17 @@ def plot(data: dict[str, Any], path: Path) -> None:
     by_group: dict[str, dict[str, float]] = defaultdict(dict)
     for r in timed:
         by_group[r.group][r.backend] = r.median_s
-    bars = [(f"{g} | {b}", base[REFERENCE] / t) for g, base in sorted(by_group.items())
-            if REFERENCE in base for b, t in sorted(base.items()) if b != REFERENCE]
+    bars = [
+        (f"{g} | {b}", base[REFERENCE] / t)
+        for g, base in sorted(by_group.items())
+        if REFERENCE in base
+        for b, t in sorted(base.items())
+        if b != REFERENCE
+    ]
 
-    fig, axes = plt.subplots(1, 2, figsize=(16, max(5.0, 0.22 * len(bars) + 1.5)),
-                             gridspec_kw={"width_ratios": [1.4, 1]})
+    fig, axes = plt.subplots(
+        1, 2, figsize=(16, max(5.0, 0.22 * len(bars) + 1.5)), gridspec_kw={"width_ratios": [1.4, 1]}
+    )
     ax = axes[0]
     if bars:
         labels, values = zip(*bars, strict=True)

@@ -72,7 +72,9 @@ def test_dual_threshold(benchmark: Any, backend: str, shape: Shape, dtype: torch
         def call() -> Any:
             return ref(logits, **kwargs)
     else:
-        reason = harness.skip_reason(OP, backend, dict(logits=logits, histogram_hook=None, **kwargs), dev)
+        reason = harness.skip_reason(
+            OP, backend, dict(logits=logits, histogram_hook=None, **kwargs), dev
+        )
         if reason is not None:
             pytest.skip(reason)
 
@@ -81,8 +83,17 @@ def test_dual_threshold(benchmark: Any, backend: str, shape: Shape, dtype: torch
 
     bytes_moved = logits.numel() * logits.element_size() + shape.entries * OUTPUT_BYTES_PER_ENTRY
     harness.run_case(
-        benchmark, call, group=f"dual_threshold {shape.id} {harness.dtype_name(dtype)} fwd", dev=dev,
-        extra=dict(op=OP, backend=backend, mode="fwd", shape=shape.id,
-                   dtype=harness.dtype_name(dtype), entries=shape.entries),
+        benchmark,
+        call,
+        group=f"dual_threshold {shape.id} {harness.dtype_name(dtype)} fwd",
+        dev=dev,
+        extra=dict(
+            op=OP,
+            backend=backend,
+            mode="fwd",
+            shape=shape.id,
+            dtype=harness.dtype_name(dtype),
+            entries=shape.entries,
+        ),
         work=dict(bytes=float(bytes_moved)),
     )

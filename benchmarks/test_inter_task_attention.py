@@ -37,8 +37,12 @@ class Shape:
 
 def _depths(b: int, image: int) -> list[Shape]:
     # after the stem conv (64 ch, 1/2), layer1 (64, 1/4), layer2 (128, 1/8), layer3 (256, 1/16)
-    return [Shape(b, 64, image // 2), Shape(b, 64, image // 4), Shape(b, 128, image // 8),
-            Shape(b, 256, image // 16)]
+    return [
+        Shape(b, 64, image // 2),
+        Shape(b, 64, image // 4),
+        Shape(b, 128, image // 8),
+        Shape(b, 256, image // 16),
+    ]
 
 
 def shapes(device_type: str, large: bool) -> list[Shape]:
@@ -80,10 +84,12 @@ def test_inter_task_attention(
             return inter_task_attention(*args, backend=backend)
 
     if mode == "fwd":
+
         def call() -> torch.Tensor:
             with torch.no_grad():
                 return op(feature, gate, weight, bias)
     else:
+
         def call() -> torch.Tensor:
             for t in leaves:
                 t.grad = None
@@ -93,7 +99,12 @@ def test_inter_task_attention(
 
     bytes_moved = MAPS_MOVED[mode] * feature.numel() * feature.element_size()
     harness.run_case(
-        benchmark, call, group=f"ias {shape.id} {harness.dtype_name(dtype)} {mode}", dev=dev,
-        extra=dict(op=OP, backend=backend, mode=mode, shape=shape.id, dtype=harness.dtype_name(dtype)),
+        benchmark,
+        call,
+        group=f"ias {shape.id} {harness.dtype_name(dtype)} {mode}",
+        dev=dev,
+        extra=dict(
+            op=OP, backend=backend, mode=mode, shape=shape.id, dtype=harness.dtype_name(dtype)
+        ),
         work=dict(bytes=float(bytes_moved)),
     )

@@ -65,13 +65,17 @@ def dtypes(device_type: str) -> list[torch.dtype]:
 
 
 @pytest.mark.parametrize("backend", [*dispatch.BACKENDS, PML])
-def test_supcon_memory(benchmark: Any, backend: str, shape: Shape, dtype: torch.dtype, large: bool) -> None:
+def test_supcon_memory(
+    benchmark: Any, backend: str, shape: Shape, dtype: torch.dtype, large: bool
+) -> None:
     dev = harness.device()
     n = shape.n
     if backend in QUADRATIC:
         if n > largest_n(dev.type, large, quadratic=True):
-            pytest.skip(f"{backend} holds N x N matrices: stops at N="
-                        f"{largest_n(dev.type, large, quadratic=True)} here (--hermes-large: larger)")
+            pytest.skip(
+                f"{backend} holds N x N matrices: stops at N="
+                f"{largest_n(dev.type, large, quadratic=True)} here (--hermes-large: larger)"
+            )
         # about six N x N fp32 matrices at once (measured at N = 4096)
         harness.skip_unless_fits(6 * 4 * n**2, dev, f"{backend} at N={n}")
     budget_s = 300.0 if large else 60.0
@@ -79,8 +83,10 @@ def test_supcon_memory(benchmark: Any, backend: str, shape: Shape, dtype: torch.
         last_n, last_s = _MEASURED[backend]
         predicted = last_s * (n / last_n) ** 2
         if predicted > budget_s:
-            pytest.skip(f"{backend} at N={n}: predicted {predicted:.0f} s a call "
-                        f"(from {last_s:.1f} s at N={last_n}) exceeds the {budget_s:.0f} s budget")
+            pytest.skip(
+                f"{backend} at N={n}: predicted {predicted:.0f} s a call "
+                f"(from {last_s:.1f} s at N={last_n}) exceeds the {budget_s:.0f} s budget"
+            )
 
     g = torch.Generator().manual_seed(0)
     anchors = F.normalize(torch.randn(n, D, generator=g), dim=1).to(dev, dtype).requires_grad_()
@@ -93,9 +99,18 @@ def test_supcon_memory(benchmark: Any, backend: str, shape: Shape, dtype: torch.
         def loss() -> torch.Tensor:
             return pml(anchors, labels)
     else:
-        inputs = dict(anchors=anchors, labels=labels, contrasts=None, contrast_labels=None,
-                      temperature=0.07, base_temperature=0.07, weights=None, denominator="all",
-                      reduction="mean", self_offset=None)
+        inputs = dict(
+            anchors=anchors,
+            labels=labels,
+            contrasts=None,
+            contrast_labels=None,
+            temperature=0.07,
+            base_temperature=0.07,
+            weights=None,
+            denominator="all",
+            reduction="mean",
+            self_offset=None,
+        )
         reason = harness.skip_reason(OP, backend, inputs, dev)
         if reason is not None:
             pytest.skip(reason)
@@ -111,10 +126,25 @@ def test_supcon_memory(benchmark: Any, backend: str, shape: Shape, dtype: torch.
 
     try:
         seconds = harness.run_case(
-            benchmark, call, group=f"supcon memory fwd+bwd d{D} {harness.dtype_name(dtype)} {backend}",
-            dev=dev, budget_s=0.0, max_rounds=1, warmup=backend not in _MEASURED,
-            extra=dict(op=OP, backend=backend, mode="fwd+bwd", shape=shape.id, n=n, m=n, d=D,
-                       classes=CLASSES, dtype=harness.dtype_name(dtype), memory_scaling=True),
+            benchmark,
+            call,
+            group=f"supcon memory fwd+bwd d{D} {harness.dtype_name(dtype)} {backend}",
+            dev=dev,
+            budget_s=0.0,
+            max_rounds=1,
+            warmup=backend not in _MEASURED,
+            extra=dict(
+                op=OP,
+                backend=backend,
+                mode="fwd+bwd",
+                shape=shape.id,
+                n=n,
+                m=n,
+                d=D,
+                classes=CLASSES,
+                dtype=harness.dtype_name(dtype),
+                memory_scaling=True,
+            ),
             work=dict(flop=float(3 * 2 * n * n * D)),
         )
     except torch.OutOfMemoryError as exc:

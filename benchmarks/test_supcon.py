@@ -54,11 +54,20 @@ def shapes(device_type: str, large: bool) -> list[Shape]:
     """The method's own sizes (pixel contrast: 1024 sampled anchors, 256-d), the CPU target of
     the project (N = 4096, d = 128) on the CPU, and its GPU targets (N up to 65,536) on a GPU."""
     if device_type == "cuda":
-        out = [Shape("pixel", 1024, 256, 2), Shape("supcon", 4096, 128), Shape("supcon", 16384, 128),
-               Shape("infonce", 16384, 128), Shape("supcon", 65536, 128)]
+        out = [
+            Shape("pixel", 1024, 256, 2),
+            Shape("supcon", 4096, 128),
+            Shape("supcon", 16384, 128),
+            Shape("infonce", 16384, 128),
+            Shape("supcon", 65536, 128),
+        ]
         return out + ([Shape("supcon", 131072, 128)] if large else [])
-    out = [Shape("pixel", 1024, 256, 2), Shape("supcon", 2048, 128), Shape("supcon", 4096, 128),
-           Shape("infonce", 2048, 128)]
+    out = [
+        Shape("pixel", 1024, 256, 2),
+        Shape("supcon", 2048, 128),
+        Shape("supcon", 4096, 128),
+        Shape("infonce", 2048, 128),
+    ]
     return out + ([Shape("supcon", 8192, 128), Shape("supcon", 16384, 128)] if large else [])
 
 
@@ -95,14 +104,17 @@ def make_inputs(shape: Shape, dtype: torch.dtype, dev: torch.device, grad: bool)
 
 def loss_fn(backend: str, shape: Shape, x: Inputs, dev: torch.device) -> Callable[[], torch.Tensor]:
     """The loss of ``backend`` on ``x`` (mean over anchors), or a skip with the reason."""
-    kwargs: dict[str, Any] = dict(temperature=TEMPERATURE, base_temperature=TEMPERATURE,
-                                  denominator=shape.denominator)
+    kwargs: dict[str, Any] = dict(
+        temperature=TEMPERATURE, base_temperature=TEMPERATURE, denominator=shape.denominator
+    )
     if backend == harness.COMPILE:
         fn = harness.compiled(supcon_loss_reference)
         return lambda: fn(x.anchors, x.labels, x.contrasts, x.contrast_labels, **kwargs)
     if backend == PML:
         if shape.form == "pixel":
-            pytest.skip("pytorch-metric-learning's SupConLoss has no pos_plus_neg (ContrastiveSeg) form")
+            pytest.skip(
+                "pytorch-metric-learning's SupConLoss has no pos_plus_neg (ContrastiveSeg) form"
+            )
         from pytorch_metric_learning.losses import SupConLoss
 
         pml = SupConLoss(temperature=TEMPERATURE)
@@ -119,16 +131,26 @@ def loss_fn(backend: str, shape: Shape, x: Inputs, dev: torch.device) -> Callabl
         except ImportError as exc:
             pytest.skip(f"Inf-CL is not installed ({exc}); pip install inf_cl")
         # Without a process group Inf-CL runs its single-device flash kernels; it returns the mean.
-        return lambda: cal_inf_loss(x.anchors, x.contrasts, scale=1.0 / TEMPERATURE, head_dim=shape.d)
+        return lambda: cal_inf_loss(
+            x.anchors, x.contrasts, scale=1.0 / TEMPERATURE, head_dim=shape.d
+        )
 
-    inputs = dict(anchors=x.anchors, labels=x.labels, contrasts=x.contrasts,
-                  contrast_labels=x.contrast_labels, weights=None, reduction="mean",
-                  self_offset=None, **kwargs)
+    inputs = dict(
+        anchors=x.anchors,
+        labels=x.labels,
+        contrasts=x.contrasts,
+        contrast_labels=x.contrast_labels,
+        weights=None,
+        reduction="mean",
+        self_offset=None,
+        **kwargs,
+    )
     reason = harness.skip_reason(OP, backend, inputs, dev)
     if reason is not None:
         pytest.skip(reason)
-    return lambda: supcon_loss(x.anchors, x.labels, x.contrasts, x.contrast_labels,
-                               backend=backend, **kwargs)
+    return lambda: supcon_loss(
+        x.anchors, x.labels, x.contrasts, x.contrast_labels, backend=backend, **kwargs
+    )
 
 
 QUADRATIC = ("torch", harness.COMPILE, PML)  # backends that hold the N x M matrix
@@ -144,10 +166,12 @@ def test_supcon(benchmark: Any, backend: str, mode: str, shape: Shape, dtype: to
     loss = loss_fn(backend, shape, x, dev)
 
     if mode == "fwd":
+
         def call() -> torch.Tensor:
             with torch.no_grad():
                 return loss()
     else:
+
         def call() -> torch.Tensor:
             for t in x.leaves():
                 t.grad = None
@@ -158,10 +182,22 @@ def test_supcon(benchmark: Any, backend: str, mode: str, shape: Shape, dtype: to
     passes = 1 if mode == "fwd" else 3
     try:
         harness.run_case(
-            benchmark, call, group=f"supcon {shape.id} {harness.dtype_name(dtype)} {mode}", dev=dev,
-            extra=dict(op=OP, backend=backend, mode=mode, shape=shape.id, n=shape.n, m=shape.n,
-                       d=shape.d, classes=shape.classes, denominator=shape.denominator,
-                       dtype=harness.dtype_name(dtype)),
+            benchmark,
+            call,
+            group=f"supcon {shape.id} {harness.dtype_name(dtype)} {mode}",
+            dev=dev,
+            extra=dict(
+                op=OP,
+                backend=backend,
+                mode=mode,
+                shape=shape.id,
+                n=shape.n,
+                m=shape.n,
+                d=shape.d,
+                classes=shape.classes,
+                denominator=shape.denominator,
+                dtype=harness.dtype_name(dtype),
+            ),
             work=dict(flop=float(2 * shape.n * shape.n * shape.d * passes)),
         )
     except torch.OutOfMemoryError as exc:

@@ -64,8 +64,11 @@ def make_batches(shape: Shape, dev: torch.device) -> tuple[dict[str, Any], dict[
     def images() -> torch.Tensor:
         return torch.randn(BATCH, 3, s, s, generator=g).to(dev)
 
-    labeled = dict(image=images(), mask=torch.randint(0, 2, (BATCH, s, s), generator=g).to(dev),
-                   label=torch.randint(0, 2, (BATCH,), generator=g).to(dev))
+    labeled = dict(
+        image=images(),
+        mask=torch.randint(0, 2, (BATCH, s, s), generator=g).to(dev),
+        label=torch.randint(0, 2, (BATCH,), generator=g).to(dev),
+    )
     unlabeled = dict(weak=images(), strong=images())
     return labeled, unlabeled
 
@@ -112,23 +115,39 @@ def public_code_step(
 
     def pseudo(logits: torch.Tensor, classes: int) -> Any:
         eta = entropy_threshold(step, total_steps, classes, cfg.eta_start)
-        return dual_threshold(logits.detach(), eta=eta, tau_max=cfg.tau_max, tau_min=cfg.tau_min,
-                              backend="torch")
+        return dual_threshold(
+            logits.detach(), eta=eta, tau_max=cfg.tau_max, tau_min=cfg.tau_min, backend="torch"
+        )
 
-    pl_cls, pl_seg = pseudo(cls_w.logits, model.cfg.num_classes), pseudo(seg_w.logits, model.cfg.seg_classes)
+    pl_cls, pl_seg = (
+        pseudo(cls_w.logits, model.cfg.num_classes),
+        pseudo(seg_w.logits, model.cfg.seg_classes),
+    )
     ce_l = cross_entropy_mean(cls_l.logits, y)
-    seg_sup = w.seg_ce * cross_entropy_mean(seg_l.logits, mask) + w.seg_dice * dice_loss(seg_l.logits, mask)
+    seg_sup = w.seg_ce * cross_entropy_mean(seg_l.logits, mask) + w.seg_dice * dice_loss(
+        seg_l.logits, mask
+    )
     ce_u = masked_cross_entropy(cls_s.logits, pl_cls.labels, pl_cls.reliable)
     dice_u = w.dice_u_scale * dice_loss(seg_s.logits, pl_seg.labels, weight=pl_seg.reliable)
-    contrast_img = image_contrast(cls_s.projection, cls_w.projection, pl_cls.labels, pl_cls.reliable,
-                                  temperature=cfg.temperature, base_temperature=cfg.base_temperature,
-                                  backend="torch")
+    contrast_img = image_contrast(
+        cls_s.projection,
+        cls_w.projection,
+        pl_cls.labels,
+        pl_cls.reliable,
+        temperature=cfg.temperature,
+        base_temperature=cfg.base_temperature,
+        backend="torch",
+    )
     contrast_pix, _, _ = pixel_contrast(
         (seg_s.embedding + seg_w.embedding) / 2,
         torch.where(pl_seg.reliable, pl_seg.labels, torch.full_like(pl_seg.labels, IGNORE)),
         seg_s.logits.detach().argmax(dim=1),
-        max_samples=cfg.max_samples, max_views=cfg.max_views, num_classes=model.cfg.seg_classes,
-        temperature=cfg.temperature, base_temperature=cfg.base_temperature, backend="torch",
+        max_samples=cfg.max_samples,
+        max_views=cfg.max_views,
+        num_classes=model.cfg.seg_classes,
+        temperature=cfg.temperature,
+        base_temperature=cfg.base_temperature,
+        backend="torch",
     )
     itc = consistency_loss(cls_s.consistency, seg_s.consistency)
     lam = consistency_weight(step, cfg.itc_every, cfg.itc_length)
@@ -153,7 +172,11 @@ def op_backends(backend: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("variant", [*dispatch.BACKENDS, PUBLIC])
 def test_train_step(
-    benchmark: Any, variant: str, shape: Shape, dtype: torch.dtype, large: bool,
+    benchmark: Any,
+    variant: str,
+    shape: Shape,
+    dtype: torch.dtype,
+    large: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     try:
@@ -165,11 +188,15 @@ def test_train_step(
 
     dev = harness.device()
     if dev.type == "cpu" and shape.preset == "paper" and not large:
-        pytest.skip("paper configuration on the CPU: a step takes minutes on 2 cores; "
-                    "run with --hermes-large")
+        pytest.skip(
+            "paper configuration on the CPU: a step takes minutes on 2 cores; "
+            "run with --hermes-large"
+        )
     if variant in ("triton", "cuda") and dev.type == "cpu":
-        pytest.skip(f"{variant} kernels need a CUDA device (triton runs on the CPU only in its "
-                    "test interpreter)")
+        pytest.skip(
+            f"{variant} kernels need a CUDA device (triton runs on the CPU only in its "
+            "test interpreter)"
+        )
     if variant == "cpp" and dev.type == "cuda":
         pytest.skip("cpp is the CPU extension; the GPU step uses the cuda and triton variants")
     backends = {op: "torch" for op in dispatch.OPS} if variant == PUBLIC else op_backends(variant)
@@ -180,12 +207,16 @@ def test_train_step(
         monkeypatch.setenv(f"HERMES_BACKEND_{op.upper()}", b)
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(preset=shape.preset, detach_seg_features=variant != PUBLIC)).to(dev)
-    cfg = MethodConfig(tau_max=0.0, tau_min=0.0, concat_views=variant != PUBLIC,
-                       detach_junctions=variant != PUBLIC)
+    model = build_model(ModelConfig(preset=shape.preset, detach_seg_features=variant != PUBLIC)).to(
+        dev
+    )
+    cfg = MethodConfig(
+        tau_max=0.0, tau_min=0.0, concat_views=variant != PUBLIC, detach_junctions=variant != PUBLIC
+    )
     optimizers, schedulers = build_optimizers(model, OptimConfig(steps=10**9))
     labeled, unlabeled = make_batches(shape, dev)
     if variant == PUBLIC:
+
         def call() -> Any:
             return public_code_step(model, optimizers, labeled, unlabeled, cfg, STEP, TOTAL_STEPS)
     else:
@@ -213,12 +244,25 @@ def test_train_step(
 
     try:
         seconds = harness.run_case(
-            benchmark, call, group=f"train step {shape.id} batch {BATCH}+{BATCH}", dev=dev,
-            budget_s=0.0, max_rounds=1, warmup=False,  # the loop above made the first step
-            extra=dict(op="train_step", backend=variant, mode="fwd+bwd+step", shape=shape.id,
-                       preset=shape.preset, image=shape.image, batch=f"{BATCH}+{BATCH}",
-                       dtype=harness.dtype_name(dtype), op_backends=backends,
-                       declined=declined),
+            benchmark,
+            call,
+            group=f"train step {shape.id} batch {BATCH}+{BATCH}",
+            dev=dev,
+            budget_s=0.0,
+            max_rounds=1,
+            warmup=False,  # the loop above made the first step
+            extra=dict(
+                op="train_step",
+                backend=variant,
+                mode="fwd+bwd+step",
+                shape=shape.id,
+                preset=shape.preset,
+                image=shape.image,
+                batch=f"{BATCH}+{BATCH}",
+                dtype=harness.dtype_name(dtype),
+                op_backends=backends,
+                declined=declined,
+            ),
         )
     except RuntimeError as exc:
         if "cannot run these inputs" in str(exc):

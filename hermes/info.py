@@ -22,19 +22,32 @@ def _example(op: str, device: torch.device) -> dict[str, Any]:
     zeros = dict(device=device)
     if op == "supcon_loss":
         return dict(
-            anchors=torch.zeros(4, 8, **zeros), labels=torch.zeros(4, dtype=torch.long, **zeros),
-            contrasts=None, contrast_labels=None, temperature=0.07, base_temperature=0.07,
-            weights=None, denominator="all", reduction="mean", self_offset=None,
-        )  # fmt: skip
+            anchors=torch.zeros(4, 8, **zeros),
+            labels=torch.zeros(4, dtype=torch.long, **zeros),
+            contrasts=None,
+            contrast_labels=None,
+            temperature=0.07,
+            base_temperature=0.07,
+            weights=None,
+            denominator="all",
+            reduction="mean",
+            self_offset=None,
+        )
     if op == "dual_threshold":
         return dict(
-            logits=torch.zeros(2, 2, **zeros), eta=0.5, tau_max=0.95, tau_min=0.5, valid=None,
+            logits=torch.zeros(2, 2, **zeros),
+            eta=0.5,
+            tau_max=0.95,
+            tau_min=0.5,
+            valid=None,
             histogram_hook=None,
-        )  # fmt: skip
+        )
     return dict(
-        cls_feature=torch.zeros(1, 4, 4, 4, **zeros), gate=torch.zeros(1, 4, **zeros),
-        spatial_weight=torch.zeros(1, 2, 3, 3, **zeros), spatial_bias=torch.zeros(1, **zeros),
-    )  # fmt: skip
+        cls_feature=torch.zeros(1, 4, 4, 4, **zeros),
+        gate=torch.zeros(1, 4, **zeros),
+        spatial_weight=torch.zeros(1, 2, 3, 3, **zeros),
+        spatial_bias=torch.zeros(1, **zeros),
+    )
 
 
 def backend_status(op: str, backend: str) -> tuple[bool, str]:

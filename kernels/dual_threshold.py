@@ -22,9 +22,19 @@ MAX_CLASSES = 1024
 
 @triton.jit
 def dual_threshold_pass1_kernel(
-    x_ptr, valid_ptr, label_ptr, conf_ptr, ent_ptr, hist_ptr,
-    E, C, S, eps,
-    HAS_VALID: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr,
+    valid_ptr,
+    label_ptr,
+    conf_ptr,
+    ent_ptr,
+    hist_ptr,
+    E,
+    C,
+    S,
+    eps,
+    HAS_VALID: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """Grid: (cdiv(E, BLOCK_E),). ``hist`` (C,) int64 must be zeroed."""
     pid = tl.program_id(0)
@@ -67,10 +77,20 @@ def dual_threshold_pass1_kernel(
 
 @triton.jit
 def dual_threshold_pass2_kernel(
-    label_ptr, conf_ptr, ent_ptr, valid_ptr, thr_ptr, eta_ptr,
-    reliable_ptr, kept_ptr, sums_ptr,
-    E, C,
-    HAS_VALID: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
+    label_ptr,
+    conf_ptr,
+    ent_ptr,
+    valid_ptr,
+    thr_ptr,
+    eta_ptr,
+    reliable_ptr,
+    kept_ptr,
+    sums_ptr,
+    E,
+    C,
+    HAS_VALID: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """Grid: (cdiv(E, BLOCK_E),). ``kept`` (3, C) int64 (confident, certain, reliable) and
     ``sums`` (2,) fp32 (confidence, entropy over the entries that take part) must be zeroed."""

@@ -26,9 +26,14 @@ MAX_KERNEL_SIZE = 7
 
 @triton.jit
 def ias_pool_kernel(
-    x_ptr, g_ptr, pooled_ptr, cnt_ptr,
-    C, HW,
-    BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    x_ptr,
+    g_ptr,
+    pooled_ptr,
+    cnt_ptr,
+    C,
+    HW,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """pooled (B, 2, HW) fp32: channel max and mean of ``g x``; cnt (B, HW) fp32: ties at the max."""
     b = tl.program_id(0)
@@ -57,8 +62,16 @@ def ias_pool_kernel(
 
 @triton.jit
 def _conv_at(
-    src_ptr, w_ptr, offs_p, p_ok, H, W, HW,
-    FLIP: tl.constexpr, KSIZE: tl.constexpr, BLOCK_P: tl.constexpr,
+    src_ptr,
+    w_ptr,
+    offs_p,
+    p_ok,
+    H,
+    W,
+    HW,
+    FLIP: tl.constexpr,
+    KSIZE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """sum over the two maps and the K x K window of w * src (zero padding), at pixels offs_p.
 
@@ -93,9 +106,19 @@ def _conv_at(
 
 @triton.jit
 def ias_apply_kernel(
-    x_ptr, g_ptr, w_ptr, bias_ptr, pooled_ptr, a_ptr, y_ptr,
-    C, H, W,
-    KSIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    x_ptr,
+    g_ptr,
+    w_ptr,
+    bias_ptr,
+    pooled_ptr,
+    a_ptr,
+    y_ptr,
+    C,
+    H,
+    W,
+    KSIZE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """a (B, HW) fp32 = sigmoid(conv(pooled) + bias); y (B, C, HW) = a g x in x's dtype."""
     HW = H * W
@@ -118,9 +141,19 @@ def ias_apply_kernel(
 
 @triton.jit
 def ias_bwd_gate_kernel(
-    dy_ptr, x_ptr, g_ptr, pooled_ptr, a_ptr, dz_ptr, dwb_ptr,
-    C, H, W,
-    KSIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    g_ptr,
+    pooled_ptr,
+    a_ptr,
+    dz_ptr,
+    dwb_ptr,
+    C,
+    H,
+    W,
+    KSIZE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """dz (B, HW) fp32; dwb (B * n_blocks, 2 K K + 1) fp32: this block's parts of dw and dbias."""
     HW = H * W
@@ -160,9 +193,22 @@ def ias_bwd_gate_kernel(
 
 @triton.jit
 def ias_bwd_feature_kernel(
-    dy_ptr, x_ptr, g_ptr, w_ptr, pooled_ptr, cnt_ptr, a_ptr, dz_ptr, dx_ptr, dg_ptr,
-    C, H, W,
-    KSIZE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
+    dy_ptr,
+    x_ptr,
+    g_ptr,
+    w_ptr,
+    pooled_ptr,
+    cnt_ptr,
+    a_ptr,
+    dz_ptr,
+    dx_ptr,
+    dg_ptr,
+    C,
+    H,
+    W,
+    KSIZE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
 ):
     """dx (B, C, HW) in x's dtype; dg (B, n_blocks, C) fp32: this block's part of d gate."""
     HW = H * W
@@ -190,9 +236,13 @@ def ias_bwd_feature_kernel(
         dc += tl.where(v == m[None, :], d_max[None, :], 0.0)
         dc = tl.where(mask, dc, 0.0)
         tl.store(dx_ptr + ptrs, (g[:, None] * dc).to(x_raw.dtype), mask=mask)
-        tl.store(dg_ptr + (b * tl.num_programs(1) + pb) * C + offs_c, tl.sum(x * dc, axis=1), mask=c_ok)
+        tl.store(
+            dg_ptr + (b * tl.num_programs(1) + pb) * C + offs_c, tl.sum(x * dc, axis=1), mask=c_ok
+        )
 
 
 def block_sizes(channels: int, pixels: int) -> tuple[int, int]:
     """(BLOCK_C, BLOCK_P): channel chunk and pixel block of one program."""
-    return min(32, triton.next_power_of_2(channels)), min(256, max(16, triton.next_power_of_2(pixels)))
+    return min(32, triton.next_power_of_2(channels)), min(
+        256, max(16, triton.next_power_of_2(pixels))
+    )

@@ -38,7 +38,11 @@ def _softplus(x):
 
 @triton.jit
 def _load_rows(ptr, offs, n, offs_d, D):
-    return tl.load(ptr + offs[:, None] * D + offs_d[None, :], mask=(offs < n)[:, None] & (offs_d < D)[None, :], other=0.0)
+    return tl.load(
+        ptr + offs[:, None] * D + offs_d[None, :],
+        mask=(offs < n)[:, None] & (offs_d < D)[None, :],
+        other=0.0,
+    )
 
 
 @triton.jit
@@ -63,10 +67,24 @@ def _masks(ya, yb, offs_n, offs_m, M, self_offset, HAS_SELF: tl.constexpr):
 
 @triton.jit
 def supcon_fwd_kernel(
-    a_ptr, ya_ptr, b_ptr, yb_ptr, lse_ptr, sp_ptr, sig_ptr,
-    N, M, D, inv_t, self_offset,
-    HAS_SELF: tl.constexpr, POS_PLUS_NEG: tl.constexpr, F32_DOT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    a_ptr,
+    ya_ptr,
+    b_ptr,
+    yb_ptr,
+    lse_ptr,
+    sp_ptr,
+    sig_ptr,
+    N,
+    M,
+    D,
+    inv_t,
+    self_offset,
+    HAS_SELF: tl.constexpr,
+    POS_PLUS_NEG: tl.constexpr,
+    F32_DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """lse (N,) fp32; for pos_plus_neg also the softplus and sigmoid sums over positives (N,).
     Grid: (cdiv(N, BLOCK_N),)."""
@@ -128,10 +146,25 @@ def _grad_tile(s, same, not_self, col_ok, lse, c, g, POS_PLUS_NEG: tl.constexpr)
 
 @triton.jit
 def supcon_bwd_anchor_kernel(
-    a_ptr, ya_ptr, b_ptr, yb_ptr, lse_ptr, c_ptr, g_ptr, da_ptr,
-    N, M, D, inv_t, self_offset,
-    HAS_SELF: tl.constexpr, POS_PLUS_NEG: tl.constexpr, F32_DOT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    a_ptr,
+    ya_ptr,
+    b_ptr,
+    yb_ptr,
+    lse_ptr,
+    c_ptr,
+    g_ptr,
+    da_ptr,
+    N,
+    M,
+    D,
+    inv_t,
+    self_offset,
+    HAS_SELF: tl.constexpr,
+    POS_PLUS_NEG: tl.constexpr,
+    F32_DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """dA (N, d) fp32 = ds B / t. Grid: (cdiv(N, BLOCK_N),)."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -157,17 +190,33 @@ def supcon_bwd_anchor_kernel(
         else:
             acc += tl.dot(ds, b)
     tl.store(
-        da_ptr + offs_n[:, None] * D + offs_d[None, :], acc * inv_t,
+        da_ptr + offs_n[:, None] * D + offs_d[None, :],
+        acc * inv_t,
         mask=row_ok[:, None] & (offs_d < D)[None, :],
     )
 
 
 @triton.jit
 def supcon_bwd_contrast_kernel(
-    a_ptr, ya_ptr, b_ptr, yb_ptr, lse_ptr, c_ptr, g_ptr, db_ptr,
-    N, M, D, inv_t, self_offset,
-    HAS_SELF: tl.constexpr, POS_PLUS_NEG: tl.constexpr, F32_DOT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    a_ptr,
+    ya_ptr,
+    b_ptr,
+    yb_ptr,
+    lse_ptr,
+    c_ptr,
+    g_ptr,
+    db_ptr,
+    N,
+    M,
+    D,
+    inv_t,
+    self_offset,
+    HAS_SELF: tl.constexpr,
+    POS_PLUS_NEG: tl.constexpr,
+    F32_DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
     """dB (M, d) fp32 = ds^T A / t. Grid: (cdiv(M, BLOCK_M),); the loop runs over anchor blocks."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -191,7 +240,8 @@ def supcon_bwd_contrast_kernel(
         else:
             acc += tl.dot(tl.trans(ds), a)
     tl.store(
-        db_ptr + offs_m[:, None] * D + offs_d[None, :], acc * inv_t,
+        db_ptr + offs_m[:, None] * D + offs_d[None, :],
+        acc * inv_t,
         mask=(offs_m < M)[:, None] & (offs_d < D)[None, :],
     )
 

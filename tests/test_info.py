@@ -16,9 +16,13 @@ def _info(**env: str) -> str:
     """The output of ``python -m hermes.info`` with no CUDA device visible and ``env`` set."""
     clean = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run(
-        [sys.executable, "-m", "hermes.info"], cwd=ROOT, capture_output=True, text=True,
-        timeout=300, env={**clean, "CUDA_VISIBLE_DEVICES": "", **env},
-    )  # fmt: skip
+        [sys.executable, "-m", "hermes.info"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**clean, "CUDA_VISIBLE_DEVICES": "", **env},
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -54,9 +54,21 @@ def test_regular_wheel_install(tmp_path):
     """Build a wheel (without the compiled extension, for speed) and import from it."""
     env = {**os.environ, "HERMES_NO_CPP": "1", "HERMES_NO_CUDA": "1"}
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
-         "-w", str(tmp_path / "dist"), str(ROOT)],
-        check=True, env=env, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-build-isolation",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
     )
     (wheel,) = (tmp_path / "dist").glob("hermes_ultrasound-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -64,8 +76,19 @@ def test_regular_wheel_install(tmp_path):
     assert not any(n.startswith(("kernels/", "cluster/", "tests/")) for n in names)
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
     )
     out = _run(
         "import hermes.kernels, hermes.ops; print(hermes.kernels.__file__); print(hermes.ops.__file__)",

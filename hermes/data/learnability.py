@@ -26,8 +26,12 @@ def small_cnn(num_classes: int = 2) -> nn.Module:
     layers: list[nn.Module] = []
     channels = (3, 16, 32, 64, 64)
     for cin, cout in zip(channels[:-1], channels[1:], strict=True):
-        layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                   nn.MaxPool2d(2)]  # fmt: skip
+        layers += [
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes))
 
 

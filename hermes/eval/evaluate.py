@@ -180,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     print(format_metrics(result.metrics))
     undefined = undefined_reasons(result.metrics, result.label_counts, data_cfg.classes)
     for name, reason in undefined.items():
-        logger.warning("warning: %s is undefined: %s%s", name, reason,
-                       " (written as null)" if args.out else "")  # fmt: skip
+        logger.warning(
+            "warning: %s is undefined: %s%s", name, reason, " (written as null)" if args.out else ""
+        )
     if args.out:
         Path(args.out).write_text(json_metrics(result.metrics) + "\n")
     return 0

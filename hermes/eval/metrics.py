@@ -20,8 +20,16 @@ import torch
 from torch import Tensor
 
 # What :meth:`MetricAccumulator.compute` returns besides the image count; higher is better.
-METRICS = ("dice_lesion", "iou_lesion", "dice_mean", "iou_mean", "accuracy", "sensitivity",
-           "specificity", "auc")  # fmt: skip
+METRICS = (
+    "dice_lesion",
+    "iou_lesion",
+    "dice_mean",
+    "iou_mean",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "auc",
+)
 
 
 def dice_iou_per_image(pred: Tensor, target: Tensor, cls: int) -> tuple[Tensor, Tensor]:

@@ -44,9 +44,8 @@ def list_images(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     files = sorted(
-        p for p in folder.iterdir()
-        if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem
-    )  # fmt: skip
+        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and "_mask" not in p.stem
+    )
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files
@@ -116,8 +115,13 @@ def predict_folder(
                 failed_file.flush()
                 continue
             h, w = image.shape[-2:]
-            x = F.interpolate(image[None], size=(image_size, image_size), mode="bilinear",
-                              antialias=True, align_corners=False)  # fmt: skip
+            x = F.interpolate(
+                image[None],
+                size=(image_size, image_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
             x = ((x - mean) / std).to(device)
             seg_logits, cls_logits = predict_batch(model, x)
             seg_logits = F.interpolate(
@@ -127,16 +131,20 @@ def predict_folder(
             Image.fromarray(mask).save(out / names[path])
             probs = torch.softmax(cls_logits, 1)[0].cpu()
             row: dict[str, object] = {
-                "file": path.name, "mask": names[path], "predicted": classes[int(probs.argmax())],
-            }  # fmt: skip
+                "file": path.name,
+                "mask": names[path],
+                "predicted": classes[int(probs.argmax())],
+            }
             row.update({f"p_{c}": f"{float(p):.6f}" for c, p in zip(classes, probs, strict=True)})
             writer.writerow(row)
             pred_file.flush()
             result.rows.append(row)
     logger.info(
         "wrote %d masks and predictions.csv to %s; %d image(s) unreadable (failed.csv)",
-        len(result.rows), out, len(result.failed),
-    )  # fmt: skip
+        len(result.rows),
+        out,
+        len(result.failed),
+    )
     return result
 
 

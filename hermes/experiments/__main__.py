@@ -25,21 +25,34 @@ from hermes.experiments.variants import VARIANTS, get_variants
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hermes.experiments", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m hermes.experiments", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--dataset", choices=("phantom", "busi", "udiat", "folder"), default="phantom")
     p.add_argument("--data", help="dataset folder (all but the phantom)")
     p.add_argument("--config", default="default", help="trainer preset name or YAML file")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a trainer field for every run, e.g. optim.steps=100")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a trainer field for every run, e.g. optim.steps=100",
+    )
     p.add_argument("--budgets", type=int, nargs="+", default=[40, 80], help="label budgets")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
-                   help="rows to train (default: all)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        choices=list(VARIANTS),
+        help="rows to train (default: all)",
+    )
     p.add_argument("--out", default="runs/experiments", help="experiment folder")
     p.add_argument("--workers", type=int, default=1, help="runs trained at the same time")
     p.add_argument("--title", default="", help="title of results.md and the figure")
     p.add_argument("--tables-only", action="store_true", help="only rewrite the tables")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def build_matrix(args: argparse.Namespace) -> Matrix:
@@ -53,8 +66,14 @@ def build_matrix(args: argparse.Namespace) -> Matrix:
     overrides += list(args.overrides)
     if args.workers < 1:
         raise ValueError(f"--workers: expected an int >= 1, got {args.workers}")
-    return Matrix(Path(args.out), list(args.budgets), list(args.seeds), get_variants(args.variants),
-                  preset=args.config, overrides=overrides)  # fmt: skip
+    return Matrix(
+        Path(args.out),
+        list(args.budgets),
+        list(args.seeds),
+        get_variants(args.variants),
+        preset=args.config,
+        overrides=overrides,
+    )
 
 
 def write_tables(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str) -> Path:
@@ -64,7 +83,9 @@ def write_tables(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: 
     md.write_text(markdown(matrix, results, title))
     plot(matrix, results, matrix.out / "results.png", title)
     if any(v.name == "hermes" for v in matrix.variants):
-        plot_pseudo(matrix, matrix.out / "pseudo_labels.png", "hermes", f"{title}: Hermes pseudo-labels")
+        plot_pseudo(
+            matrix, matrix.out / "pseudo_labels.png", "hermes", f"{title}: Hermes pseudo-labels"
+        )
     summary = summarize(matrix, results)
     (matrix.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return md
@@ -72,17 +93,19 @@ def write_tables(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     try:
         matrix = build_matrix(args)
         if args.tables_only:
             results = _present(matrix)
         else:
             results = run_matrix(
-                matrix, workers=args.workers,
+                matrix,
+                workers=args.workers,
                 on_result=lambda spec, res: write_tables(matrix, _present(matrix), args.title),
-            )  # fmt: skip
+            )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -83,9 +83,7 @@ class Matrix:
 
     def specs(self) -> list[RunSpec]:
         """All runs, seed-major (a finished seed is a complete, paired set of rows)."""
-        return [
-            RunSpec(v, b, s) for s in self.seeds for b in self.budgets for v in self.variants
-        ]  # fmt: skip
+        return [RunSpec(v, b, s) for s in self.seeds for b in self.budgets for v in self.variants]
 
 
 # ---------------------------------------------------------------------------- paths
@@ -182,8 +180,13 @@ def ensure_split(cfg: TrainConfig) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     split.save(tmp)
     os.replace(tmp, path)
-    logger.info("split %s: %d labeled, %d unlabeled, %d test", path, len(split.labeled),
-                len(split.unlabeled), len(split.test))  # fmt: skip
+    logger.info(
+        "split %s: %d labeled, %d unlabeled, %d test",
+        path,
+        len(split.labeled),
+        len(split.unlabeled),
+        len(split.test),
+    )
     return path
 
 
@@ -251,8 +254,12 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
         return previous
     ensure_split(cfg)
     resume = _resume_point(cfg)
-    logger.info("%s: training (%d steps)%s", spec.key, cfg.optim.steps,
-                f", resuming {resume}" if resume else "")  # fmt: skip
+    logger.info(
+        "%s: training (%d steps)%s",
+        spec.key,
+        cfg.optim.steps,
+        f", resuming {resume}" if resume else "",
+    )
     start = time.perf_counter()
     run = train(cfg, resume=resume, report=False, overwrite=True)  # a stale run is replaced
     seconds = time.perf_counter() - start
@@ -274,15 +281,20 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
         "config": to_dict(cfg),
     }
     atomic_write_text(path, json.dumps(result, indent=1, default=str) + "\n")
-    logger.info("%s: dice_lesion=%.4f accuracy=%.4f in %.0f s", spec.key,
-                run.metrics.get("dice_lesion", math.nan), run.metrics.get("accuracy", math.nan),
-                seconds)  # fmt: skip
+    logger.info(
+        "%s: dice_lesion=%.4f accuracy=%.4f in %.0f s",
+        spec.key,
+        run.metrics.get("dice_lesion", math.nan),
+        run.metrics.get("accuracy", math.nan),
+        seconds,
+    )
     return result
 
 
 def _worker_init() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
 
 def run_matrix(
@@ -303,8 +315,9 @@ def run_matrix(
         for seed in matrix.seeds:
             ensure_split(run_config(matrix, RunSpec(matrix.variants[0], budget, seed)))
     todo = [s for s in specs if not is_done(matrix, s)]
-    logger.info("%d runs in the matrix, %d done, %d to train", len(specs),
-                len(specs) - len(todo), len(todo))  # fmt: skip
+    logger.info(
+        "%d runs in the matrix, %d done, %d to train", len(specs), len(specs) - len(todo), len(todo)
+    )
     results: dict[RunSpec, dict[str, Any]] = {}
     if workers > 1 and len(todo) > 1:
         context = multiprocessing.get_context("spawn")

@@ -51,7 +51,9 @@ def _weighted(result: dict[str, Any], key: str, weight: str) -> float:
     value = float(end.get(key, math.nan))
     if not weight:
         return value
-    factor = float(result.get("config", {}).get("method", {}).get("weights", {}).get(weight, math.nan))
+    factor = float(
+        result.get("config", {}).get("method", {}).get("weights", {}).get(weight, math.nan)
+    )
     if weight == "itc":
         factor *= float(end.get("schedule/lambda", math.nan))
     return value * factor
@@ -113,8 +115,12 @@ def summarize(matrix: Matrix, results: dict[RunSpec, dict[str, Any]]) -> dict[st
                 diffs = {s: values[s] - base[s] for s in values if s in base}
                 if v.name != "supervised" and diffs:
                     g_mean, g_std, g_n = mean_std(list(diffs.values()))
-                    entry["gain_vs_supervised"] = {"values": diffs, "mean": g_mean, "std": g_std,
-                                                   "n": g_n}  # fmt: skip
+                    entry["gain_vs_supervised"] = {
+                        "values": diffs,
+                        "mean": g_mean,
+                        "std": g_std,
+                        "n": g_n,
+                    }
                 out[metric][v.name][b] = entry
     return out
 
@@ -137,11 +143,18 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
     for metric, caption in METRICS:
         lines += ["", f"## {caption}", "", _row("method", head), sep]
         for v in matrix.variants:
-            cells = [_cell(list(_metric(table, v.name, b, metric).values())) for b in matrix.budgets]
+            cells = [
+                _cell(list(_metric(table, v.name, b, metric).values())) for b in matrix.budgets
+            ]
             lines.append(_row(v.label, cells))
         shead = [f"{b}, seed {s}" for b in matrix.budgets for s in matrix.seeds]
-        lines += ["", f"Per seed ({caption.split(': ')[1]}):", "", _row("method", shead),
-                  "|" + "---|" * (len(shead) + 1)]  # fmt: skip
+        lines += [
+            "",
+            f"Per seed ({caption.split(': ')[1]}):",
+            "",
+            _row("method", shead),
+            "|" + "---|" * (len(shead) + 1),
+        ]
         for v in matrix.variants:
             cells = []
             for b in matrix.budgets:
@@ -149,8 +162,13 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
                 cells += [f"{values[s] * 100:.2f}" if s in values else "-" for s in matrix.seeds]
             lines.append(_row(v.label, cells))
         if any(v.name == "supervised" for v in matrix.variants):
-            lines += ["", f"Gain over supervised-only ({caption.split(': ')[1]}, paired by seed):",
-                      "", _row("method", head), sep]  # fmt: skip
+            lines += [
+                "",
+                f"Gain over supervised-only ({caption.split(': ')[1]}, paired by seed):",
+                "",
+                _row("method", head),
+                sep,
+            ]
             for v in matrix.variants:
                 if v.name == "supervised":
                     continue
@@ -158,10 +176,16 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
                 for b in matrix.budgets:
                     values = _metric(table, v.name, b, metric)
                     base = _metric(table, "supervised", b, metric)
-                    cells.append(_cell([values[s] - base[s] for s in values if s in base], signed=True))
+                    cells.append(
+                        _cell([values[s] - base[s] for s in values if s in base], signed=True)
+                    )
                 lines.append(_row(v.label, cells))
-    lines += ["", "## Pseudo-labels at the end of training (last quarter of the steps, unlabeled "
-              "stream, measured against its hidden truth; mean over seeds, %)", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Pseudo-labels at the end of training (last quarter of the steps, unlabeled "
+        "stream, measured against its hidden truth; mean over seeds, %)",
+        "",
+    ]
     phead = [f"{label} ({b})" for b in matrix.budgets for _, label in PSEUDO_KEYS]
     lines += [_row("method", phead), "|" + "---|" * (len(phead) + 1)]
     for v in matrix.variants:
@@ -171,12 +195,18 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
         for b in matrix.budgets:
             runs = table.get(v.name, {}).get(b, {})
             for key, _ in PSEUDO_KEYS:
-                vals = [float(r.get("end_of_training", {}).get(key, math.nan)) for r in runs.values()]
+                vals = [
+                    float(r.get("end_of_training", {}).get(key, math.nan)) for r in runs.values()
+                ]
                 mean, _, n = mean_std(vals)
                 cells.append(f"{mean * 100:.1f}" if n else "-")
         lines.append(_row(v.label, cells))
-    lines += ["", "## Loss balance at the end of training (last quarter of the steps, weighted "
-              "terms as they enter the total, mean over seeds)", ""]  # fmt: skip
+    lines += [
+        "",
+        "## Loss balance at the end of training (last quarter of the steps, weighted "
+        "terms as they enter the total, mean over seeds)",
+        "",
+    ]
     lhead = [f"{label} ({b})" for b in matrix.budgets for _, _, label in LOSS_TERMS]
     lines += [_row("method", lhead), "|" + "---|" * (len(lhead) + 1)]
     for v in matrix.variants:
@@ -191,11 +221,16 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
     seconds = [r.get("seconds", math.nan) for r in results.values()]
     mean, _, n = mean_std(seconds)
     if n:
-        lines += ["", f"{n} runs, {mean:.0f} s per run on average ({sum(seconds) / 60:.1f} min in all)."]
+        lines += [
+            "",
+            f"{n} runs, {mean:.0f} s per run on average ({sum(seconds) / 60:.1f} min in all).",
+        ]
     return "\n".join(lines) + "\n"
 
 
-def plot(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], path: Path, title: str = "") -> Path:
+def plot(
+    matrix: Matrix, results: dict[RunSpec, dict[str, Any]], path: Path, title: str = ""
+) -> Path:
     """Grouped bars (mean ± std over seeds) per budget and variant, one panel per metric, with
     each seed's value as a dot. Returns ``path``."""
     import matplotlib
@@ -211,13 +246,22 @@ def plot(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], path: Path, tit
     for ax, (metric, caption) in zip(axes[0], METRICS, strict=True):
         for i, v in enumerate(variants):
             for j, b in enumerate(matrix.budgets):
-                vals = [x * 100 for x in _metric(table, v.name, b, metric).values() if math.isfinite(x)]
+                vals = [
+                    x * 100 for x in _metric(table, v.name, b, metric).values() if math.isfinite(x)
+                ]
                 if not vals:
                     continue
                 mean, std, _ = mean_std(vals)
                 x = j + (i - (len(variants) - 1) / 2) * width
-                ax.bar(x, mean, width, yerr=std if math.isfinite(std) else None, capsize=2,
-                       color=colors(i), label=v.name if j == 0 else None)  # fmt: skip
+                ax.bar(
+                    x,
+                    mean,
+                    width,
+                    yerr=std if math.isfinite(std) else None,
+                    capsize=2,
+                    color=colors(i),
+                    label=v.name if j == 0 else None,
+                )
                 ax.scatter([x] * len(vals), vals, s=8, color="black", zorder=3)
         ax.set_xticks(range(len(matrix.budgets)), [f"{b} labeled" for b in matrix.budgets])
         ax.set_title(caption)
@@ -232,7 +276,9 @@ def plot(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], path: Path, tit
     return path
 
 
-def plot_pseudo(matrix: Matrix, path: Path, variant: str = "hermes", title: str = "") -> Path | None:
+def plot_pseudo(
+    matrix: Matrix, path: Path, variant: str = "hermes", title: str = ""
+) -> Path | None:
     """Pseudo-label trajectories of ``variant`` (mean over seeds, per budget): thresholds, kept
     fraction and accuracy of kept vs dropped pseudo-labels on the unlabeled stream, for the
     classification (per image) and segmentation (per pixel) tasks. Reads each run's
@@ -248,13 +294,30 @@ def plot_pseudo(matrix: Matrix, path: Path, variant: str = "hermes", title: str 
     from hermes.experiments.variants import VARIANTS
 
     panels = [
-        ("cls", ("threshold_0", "threshold_1", "kept_unlabeled", "acc_kept_unlabeled",
-                 "acc_dropped_unlabeled")),
-        ("seg", ("threshold_0", "threshold_1", "kept_unlabeled", "acc_kept_unlabeled",
-                 "acc_dropped_unlabeled")),
-    ]  # fmt: skip
-    fig, axes = plt.subplots(len(matrix.budgets), 2, figsize=(11, 3.2 * len(matrix.budgets)),
-                             squeeze=False)  # fmt: skip
+        (
+            "cls",
+            (
+                "threshold_0",
+                "threshold_1",
+                "kept_unlabeled",
+                "acc_kept_unlabeled",
+                "acc_dropped_unlabeled",
+            ),
+        ),
+        (
+            "seg",
+            (
+                "threshold_0",
+                "threshold_1",
+                "kept_unlabeled",
+                "acc_kept_unlabeled",
+                "acc_dropped_unlabeled",
+            ),
+        ),
+    ]
+    fig, axes = plt.subplots(
+        len(matrix.budgets), 2, figsize=(11, 3.2 * len(matrix.budgets)), squeeze=False
+    )
     found = False
     for i, b in enumerate(matrix.budgets):
         histories = []

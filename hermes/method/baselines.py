@@ -84,9 +84,16 @@ class _Baseline(nn.Module):
         loss_seg = w.seg_total * (seg_sup + lam_seg * u_seg)
         total = loss_cls + loss_seg
         terms = {
-            "total": total, "cls": loss_cls, "seg": loss_seg, "ce_l": ce_l, "seg_sup": seg_sup,
-            "seg_ce": seg_ce, "seg_dice": seg_dice, "unsup_cls": u_cls, "unsup_seg": u_seg,
-        }  # fmt: skip
+            "total": total,
+            "cls": loss_cls,
+            "seg": loss_seg,
+            "ce_l": ce_l,
+            "seg_sup": seg_sup,
+            "seg_ce": seg_ce,
+            "seg_dice": seg_dice,
+            "unsup_cls": u_cls,
+            "unsup_seg": u_seg,
+        }
         for name, value in terms.items():
             logs[f"loss/{name}"] = value.detach()
         logs["schedule/weight_cls"] = torch.tensor(lam_cls)
@@ -199,9 +206,13 @@ class FixMatchMethod(_Baseline):
         t = self.cfg.fixmatch.threshold
         hook = self.comm.all_reduce_sum if self.comm.world_size > 1 else None
         return dual_threshold(
-            logits.detach(), eta=math.inf, tau_max=t, tau_min=t, backend=self.backend,
+            logits.detach(),
+            eta=math.inf,
+            tau_max=t,
+            tau_min=t,
+            backend=self.backend,
             histogram_hook=hook,
-        )  # fmt: skip
+        )
 
 
 METHODS: dict[str, type[nn.Module]] = {

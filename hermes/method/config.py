@@ -100,8 +100,12 @@ class MeanTeacherConfig:
 
     def __post_init__(self) -> None:
         _check_numbers("mean_teacher", self, 0.0)
-        _require(self.ema_decay <= 1.0, "method.mean_teacher.ema_decay", "a number in [0, 1]",
-                 self.ema_decay)  # fmt: skip
+        _require(
+            self.ema_decay <= 1.0,
+            "method.mean_teacher.ema_decay",
+            "a number in [0, 1]",
+            self.ema_decay,
+        )
 
 
 @dataclass
@@ -117,8 +121,9 @@ class FixMatchConfig:
 
     def __post_init__(self) -> None:
         _check_numbers("fixmatch", self, 0.0)
-        _require(self.threshold <= 1.0, "method.fixmatch.threshold", "a number in [0, 1]",
-                 self.threshold)  # fmt: skip
+        _require(
+            self.threshold <= 1.0, "method.fixmatch.threshold", "a number in [0, 1]", self.threshold
+        )
 
 
 @dataclass

@@ -199,10 +199,19 @@ class HermesMethod(nn.Module):
         total = loss_cls + loss_seg
 
         terms = {
-            "total": total, "cls": loss_cls, "seg": loss_seg, "ce_l": ce_l, "seg_sup": seg_sup,
-            "seg_ce": seg_ce, "seg_dice": seg_dice, "ce_u": ce_u, "dice_u": dice_u,
-            "contrast_img": contrast_img, "contrast_pix": contrast_pix, "itc": itc,
-        }  # fmt: skip
+            "total": total,
+            "cls": loss_cls,
+            "seg": loss_seg,
+            "ce_l": ce_l,
+            "seg_sup": seg_sup,
+            "seg_ce": seg_ce,
+            "seg_dice": seg_dice,
+            "ce_u": ce_u,
+            "dice_u": dice_u,
+            "contrast_img": contrast_img,
+            "contrast_pix": contrast_pix,
+            "itc": itc,
+        }
         for name, value in terms.items():
             logs[f"loss/{name}"] = value.detach()
         logs["schedule/eta_cls"] = torch.tensor(eta_cls)
@@ -242,13 +251,21 @@ class HermesMethod(nn.Module):
         if self.cfg.pseudo_labels == "fixed":
             t = self.cfg.fixed_threshold
             return dual_threshold(
-                logits.detach(), eta=math.inf, tau_max=t, tau_min=t, backend=self.backend,
+                logits.detach(),
+                eta=math.inf,
+                tau_max=t,
+                tau_min=t,
+                backend=self.backend,
                 histogram_hook=hook,
-            )  # fmt: skip
+            )
         return dual_threshold(
-            logits.detach(), eta=eta, tau_max=self.cfg.tau_max, tau_min=self.cfg.tau_min,
-            backend=self.backend, histogram_hook=hook,
-        )  # fmt: skip
+            logits.detach(),
+            eta=eta,
+            tau_max=self.cfg.tau_max,
+            tau_min=self.cfg.tau_min,
+            backend=self.backend,
+            histogram_hook=hook,
+        )
 
     def _pixel_masks(self, pl: DualThresholdOutput, eta: float) -> tuple[Tensor, Tensor]:
         """The pixels ``Dice_u`` and the pixel contrast use (``cfg.pixel_reliability``)."""
@@ -322,9 +339,12 @@ def log_pseudo(logs: dict[str, Tensor], task: str, out: DualThresholdOutput) -> 
     hist = s.histogram.float()
     frac = hist / hist.sum().clamp(min=1)
     per_class = {
-        "threshold": out.thresholds, "label_fraction": frac, "kept_confident": s.kept_confident,
-        "kept_certain": s.kept_certain, "kept_reliable": s.kept_reliable,
-    }  # fmt: skip
+        "threshold": out.thresholds,
+        "label_fraction": frac,
+        "kept_confident": s.kept_confident,
+        "kept_certain": s.kept_certain,
+        "kept_reliable": s.kept_reliable,
+    }
     for name, values in per_class.items():
         for c, v in enumerate(values.detach().unbind(0)):
             logs[f"pseudo_{task}/{name}_{c}"] = v
@@ -346,9 +366,9 @@ def log_truth(
     correct = out.labels == truth
     kept = out.reliable & valid
     dropped = ~out.reliable & valid
-    sums = torch.stack([
-        (correct & kept).sum(), kept.sum(), (correct & dropped).sum(), dropped.sum(), valid.sum()
-    ]).float()  # fmt: skip
+    sums = torch.stack(
+        [(correct & kept).sum(), kept.sum(), (correct & dropped).sum(), dropped.sum(), valid.sum()]
+    ).float()
     if comm.world_size > 1:
         sums = comm.all_reduce_sum(sums)
     nan = torch.full_like(sums[0], math.nan)

@@ -74,10 +74,13 @@ def build_cls_encoder(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     """The classification encoder of ``cfg``: a timm model without classifier
     (``num_classes=0``: its forward returns pooled features), with the configured weights."""
     return create_encoder(
-        cfg.cls_encoder, cfg.pretrained_cls, what=f"classification encoder {cfg.cls_encoder}",
-        load=load_weights, num_classes=0,
+        cfg.cls_encoder,
+        cfg.pretrained_cls,
+        what=f"classification encoder {cfg.cls_encoder}",
+        load=load_weights,
+        num_classes=0,
         **timm_resnet_args(cfg.cls_widths, cfg.cls_stem_width, cfg.cls_stem_type),
-    )  # fmt: skip
+    )
 
 
 def attention_depths(encoder: nn.Module, name: str) -> list[dict]:

@@ -71,10 +71,13 @@ class SegmentationBranch(nn.Module):
         self.cfg = cfg
         what = f"segmentation encoder {cfg.seg_encoder}"
         self.encoder = create_encoder(
-            cfg.seg_encoder, cfg.pretrained_seg, what=what, load=load_weights,
+            cfg.seg_encoder,
+            cfg.pretrained_seg,
+            what=what,
+            load=load_weights,
             features_only=True,
             **timm_resnet_args(cfg.seg_widths, cfg.seg_stem_width, cfg.seg_stem_type),
-        )  # fmt: skip
+        )
         self.input_norm = InputNorm(
             *input_statistics(cfg.seg_encoder, cfg.pretrained_seg, self.encoder)
         )

@@ -51,16 +51,36 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @torch.library.register_fake("hermes::supcon_fwd")
-def _supcon_fwd_fake(anchors, labels, contrasts, contrast_labels, temperature, base_temperature,
-                     self_offset, pos_plus_neg):
+def _supcon_fwd_fake(
+    anchors,
+    labels,
+    contrasts,
+    contrast_labels,
+    temperature,
+    base_temperature,
+    self_offset,
+    pos_plus_neg,
+):
     n = anchors.shape[0]
     vec = anchors.new_empty(n)
     return vec, anchors.new_empty(n), anchors.new_empty(n), labels.new_empty(n)
 
 
 @torch.library.register_fake("hermes::supcon_bwd")
-def _supcon_bwd_fake(grad_loss, anchors, labels, contrasts, contrast_labels, lse, q, num_pos,
-                     temperature, base_temperature, self_offset, pos_plus_neg):
+def _supcon_bwd_fake(
+    grad_loss,
+    anchors,
+    labels,
+    contrasts,
+    contrast_labels,
+    lse,
+    q,
+    num_pos,
+    temperature,
+    base_temperature,
+    self_offset,
+    pos_plus_neg,
+):
     return torch.empty_like(anchors), torch.empty_like(contrasts)
 
 
@@ -76,7 +96,14 @@ def _supcon_backward(ctx: Any, grad_loss: Tensor | None, *_: Any) -> tuple:
     if grad_loss is None:
         grad_loss = torch.zeros_like(lse)
     grad_a, grad_b = _OPS.supcon_bwd(
-        grad_loss.contiguous(), anchors, labels, contrasts, contrast_labels, lse, q, num_pos,
+        grad_loss.contiguous(),
+        anchors,
+        labels,
+        contrasts,
+        contrast_labels,
+        lse,
+        q,
+        num_pos,
         *ctx.args,
     )
     return grad_a, None, grad_b, None, None, None, None, None
@@ -167,8 +194,11 @@ def _dual_threshold_pass1_fake(logits, valid):
     b, c, p = logits.shape
     f32 = logits.new_empty((b, p), dtype=torch.float32)
     return (
-        logits.new_empty((b, p), dtype=torch.int64), f32, torch.empty_like(f32),
-        logits.new_empty((b, p), dtype=torch.bool), logits.new_empty((c,), dtype=torch.int64),
+        logits.new_empty((b, p), dtype=torch.int64),
+        f32,
+        torch.empty_like(f32),
+        logits.new_empty((b, p), dtype=torch.bool),
+        logits.new_empty((c,), dtype=torch.int64),
     )
 
 
@@ -176,7 +206,8 @@ def _dual_threshold_pass1_fake(logits, valid):
 def _dual_threshold_pass2_fake(labels, confidence, entropy, ok, thresholds, eta):
     c = thresholds.shape[0]
     return (
-        torch.empty_like(ok), labels.new_empty((3, c)),
+        torch.empty_like(ok),
+        labels.new_empty((3, c)),
         confidence.new_empty((2,), dtype=torch.float32),
     )
 
@@ -265,7 +296,9 @@ def _ita_fwd_fake(x, gate, weight, bias):
 @torch.library.register_fake("hermes::inter_task_attention_bwd")
 def _ita_bwd_fake(grad_y, x, gate, weight, pooled, attention):
     return (
-        torch.empty_like(x), torch.empty_like(gate), torch.empty_like(weight),
+        torch.empty_like(x),
+        torch.empty_like(gate),
+        torch.empty_like(weight),
         weight.new_empty((1,)),
     )
 
@@ -299,7 +332,9 @@ def inter_task_attention_cpp(
     dtype = cls_feature.dtype
     compute = dtype if cls_feature.is_cuda else _compute_dtype(dtype)
     y, _, _ = _OPS.inter_task_attention_fwd(
-        cls_feature.to(compute), gate.to(compute), spatial_weight.to(compute),
+        cls_feature.to(compute),
+        gate.to(compute),
+        spatial_weight.to(compute),
         spatial_bias.to(compute),
     )
     return y.to(dtype)
@@ -315,9 +350,5 @@ def _ita_reasons(device_type: str) -> Callable[..., list[str]]:
     return reasons
 
 
-dispatch.register(
-    "inter_task_attention", "cpp", inter_task_attention_cpp, _ita_reasons("cpu")
-)
-dispatch.register(
-    "inter_task_attention", "cuda", inter_task_attention_cpp, _ita_reasons("cuda")
-)
+dispatch.register("inter_task_attention", "cpp", inter_task_attention_cpp, _ita_reasons("cpu"))
+dispatch.register("inter_task_attention", "cuda", inter_task_attention_cpp, _ita_reasons("cuda"))

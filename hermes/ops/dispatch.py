@@ -114,8 +114,10 @@ def not_supported_reasons(op: str, backend: str, inputs: dict[str, Any]) -> list
 
 def requested_backend(op: str, backend: str | None) -> str | None:
     """The backend asked for by argument or environment (``None`` or ``"auto"``: automatic)."""
-    name = backend or os.environ.get(f"HERMES_BACKEND_{op.upper()}") or os.environ.get(
-        "HERMES_BACKEND"
+    name = (
+        backend
+        or os.environ.get(f"HERMES_BACKEND_{op.upper()}")
+        or os.environ.get("HERMES_BACKEND")
     )
     if name in (None, "", "auto"):
         return None
@@ -126,7 +128,9 @@ def requested_backend(op: str, backend: str | None) -> str | None:
     return name
 
 
-def select(op: str, backend: str | None, device: torch.device, inputs: dict[str, Any]) -> Implementation:
+def select(
+    op: str, backend: str | None, device: torch.device, inputs: dict[str, Any]
+) -> Implementation:
     """Pick the implementation of ``op`` for ``inputs`` (see the module docstring).
 
     Under ``torch.compile`` the backend modules are not imported (Dynamo cannot trace an
@@ -139,7 +143,8 @@ def select(op: str, backend: str | None, device: torch.device, inputs: dict[str,
         reasons = _reasons(op, forced, inputs)
         if reasons:
             raise RuntimeError(
-                f"hermes.ops.{op}: backend {forced!r} cannot run these inputs: " + "; ".join(reasons)
+                f"hermes.ops.{op}: backend {forced!r} cannot run these inputs: "
+                + "; ".join(reasons)
             )
         return _REGISTRY[op][forced]
 
@@ -155,7 +160,11 @@ def select(op: str, backend: str | None, device: torch.device, inputs: dict[str,
                 if key not in _LOGGED:
                     _LOGGED.add(key)
                     logger.info(
-                        "hermes.ops.%s on %s: using %r (%s)", op, device.type, name, "; ".join(declined)
+                        "hermes.ops.%s on %s: using %r (%s)",
+                        op,
+                        device.type,
+                        name,
+                        "; ".join(declined),
                     )
             return impl  # type: ignore[return-value]
         declined.append(f"{name}: " + ", ".join(reasons))

@@ -69,7 +69,9 @@ def class_fractions(hit: Tensor, labels: Tensor, valid: Tensor, num_classes: int
     idx = labels.reshape(-1)
     v = valid.reshape(-1).float()
     total = torch.zeros(num_classes, device=labels.device).index_add_(0, idx, v)
-    kept = torch.zeros(num_classes, device=labels.device).index_add_(0, idx, v * hit.reshape(-1).float())
+    kept = torch.zeros(num_classes, device=labels.device).index_add_(
+        0, idx, v * hit.reshape(-1).float()
+    )
     return kept / total.clamp(min=1)
 
 

@@ -70,8 +70,10 @@ def inter_task_attention(
     b, c = cls_feature.shape[:2]
     if gate.shape != (b, c):
         raise ValueError(f"inter_task_attention: gate must be ({b}, {c}), got {tuple(gate.shape)}")
-    if spatial_weight.dim() != 4 or spatial_weight.shape[:2] != (1, 2) or (
-        spatial_weight.shape[2] != spatial_weight.shape[3] or spatial_weight.shape[2] % 2 == 0
+    if (
+        spatial_weight.dim() != 4
+        or spatial_weight.shape[:2] != (1, 2)
+        or (spatial_weight.shape[2] != spatial_weight.shape[3] or spatial_weight.shape[2] % 2 == 0)
     ):
         raise ValueError(
             "inter_task_attention: spatial_weight must be (1, 2, k, k) with k odd, "
@@ -82,9 +84,11 @@ def inter_task_attention(
             f"inter_task_attention: spatial_bias must be (1,), got {tuple(spatial_bias.shape)}"
         )
     named = (
-        ("cls_feature", cls_feature), ("gate", gate), ("spatial_weight", spatial_weight),
+        ("cls_feature", cls_feature),
+        ("gate", gate),
+        ("spatial_weight", spatial_weight),
         ("spatial_bias", spatial_bias),
-    )  # fmt: skip
+    )
     for name, t in named:
         if not t.is_floating_point():
             raise ValueError(f"inter_task_attention: {name} must be floating point, got {t.dtype}")

@@ -155,7 +155,9 @@ def _check(
             f"got {temperature} and {base_temperature}"
         )
     if denominator not in DENOMINATORS:
-        raise ValueError(f"supcon_loss: denominator must be one of {DENOMINATORS}, got {denominator!r}")
+        raise ValueError(
+            f"supcon_loss: denominator must be one of {DENOMINATORS}, got {denominator!r}"
+        )
     if reduction not in REDUCTIONS:
         raise ValueError(f"supcon_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
@@ -200,8 +202,16 @@ def supcon_loss(
         backend (see the module docstring).
     """
     _check(
-        anchors, labels, contrasts, contrast_labels, weights, temperature, base_temperature,
-        denominator, reduction, self_offset,
+        anchors,
+        labels,
+        contrasts,
+        contrast_labels,
+        weights,
+        temperature,
+        base_temperature,
+        denominator,
+        reduction,
+        self_offset,
     )
     inputs = dict(
         anchors=anchors,
@@ -245,7 +255,9 @@ class SupConLoss(nn.Module):
     ) -> None:
         super().__init__()
         if contrast_mode not in ("all", "one"):
-            raise ValueError(f"SupConLoss: contrast_mode must be 'all' or 'one', got {contrast_mode!r}")
+            raise ValueError(
+                f"SupConLoss: contrast_mode must be 'all' or 'one', got {contrast_mode!r}"
+            )
         self.temperature = temperature
         self.contrast_mode = contrast_mode
         self.base_temperature = base_temperature
@@ -284,8 +296,13 @@ class SupConLoss(nn.Module):
             per_anchor = supcon_loss(contrast, contrast_labels, reduction="none", **common)
         else:
             per_anchor = supcon_loss(
-                features[:, 0], labels, contrast, contrast_labels, self_offset=0,
-                reduction="none", **common,
-            )  # fmt: skip
+                features[:, 0],
+                labels,
+                contrast,
+                contrast_labels,
+                self_offset=0,
+                reduction="none",
+                **common,
+            )
         # SupContrast's mean over every anchor (0 for those without a positive).
         return per_anchor.sum() / max(per_anchor.numel(), 1)

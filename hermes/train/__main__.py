@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="stop after this many steps (the schedule keeps optim.steps)",
     )
     parser.add_argument("-v", "--verbose", action="store_true")
-    return parser.parse_args(argv)  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -128,17 +128,22 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.distributed.workers > 1:  # Ray Train + DeepSpeed (hermes.train.distributed)
             from hermes.train.distributed import train_on_ray as train
         if args.resume is not None:
-            result = train(cfg, resume=args.resume, stop_after=args.stop_after,
-                           overwrite=args.overwrite)  # fmt: skip
+            result = train(
+                cfg, resume=args.resume, stop_after=args.stop_after, overwrite=args.overwrite
+            )
             print(comparison_table([result]))
             return 0
         root = Path(cfg.out_dir)
         runs = [replace(cfg, out_dir=str(root / cfg.name))]
         if args.baseline == "supervised" and cfg.method.mode != "supervised":
             runs.append(
-                replace(cfg, name="supervised", out_dir=str(root / "supervised"),
-                        method=replace(cfg.method, mode="supervised"))
-            )  # fmt: skip
+                replace(
+                    cfg,
+                    name="supervised",
+                    out_dir=str(root / "supervised"),
+                    method=replace(cfg.method, mode="supervised"),
+                )
+            )
         for run in runs:  # every folder before the first run starts
             check_out_dir(run.out_dir, overwrite=args.overwrite)
         results = [train(run, stop_after=args.stop_after) for run in runs]
@@ -146,13 +151,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as exc:
-        print(f"interrupted at step {exc.step} of {exc.total}: checkpoint saved to "
-              f"{exc.checkpoint}\nresume with: python -m hermes.train --resume {exc.checkpoint}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted at step {exc.step} of {exc.total}: checkpoint saved to "
+            f"{exc.checkpoint}\nresume with: python -m hermes.train --resume {exc.checkpoint}",
+            file=sys.stderr,
+        )
         return 130
     except KeyboardInterrupt:
-        print("interrupted: stopped without saving (the last checkpoint, if any, is kept)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "interrupted: stopped without saving (the last checkpoint, if any, is kept)",
+            file=sys.stderr,
+        )
         return 130
     finished = [r for r in results if r.final is not None]
     if len(finished) > 1:

@@ -136,7 +136,10 @@ def build_everything(
     n_cls = sum(p.numel() for p in model.cls.parameters())
     n_seg = sum(p.numel() for p in model.seg.parameters())
     logger.info(
-        "model: %.2fM parameters (cls %.2fM, seg %.2fM) on %s", (n_cls + n_seg) / 1e6, n_cls / 1e6,
-        n_seg / 1e6, device,
-    )  # fmt: skip
+        "model: %.2fM parameters (cls %.2fM, seg %.2fM) on %s",
+        (n_cls + n_seg) / 1e6,
+        n_cls / 1e6,
+        n_seg / 1e6,
+        device,
+    )
     return Components(cfg, data, model, method, optimizers, schedulers, device)

@@ -66,17 +66,25 @@ def numpy_rng_state() -> dict[str, Any]:
     tensor, "pos": int, "has_gauss": int, "cached_gaussian": float}``."""
     name, key, pos, has_gauss, cached = np.random.get_state()
     return {
-        "bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)),
-        "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached),
-    }  # fmt: skip
+        "bit_generator": str(name),
+        "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
 
 
 def set_numpy_rng_state(state: dict[str, Any] | tuple) -> None:
     """Restore :func:`numpy_rng_state` (or numpy's own tuple, as older checkpoints hold)."""
     if isinstance(state, dict):
         key = np.asarray(state["key"].numpy(), dtype=np.uint32)
-        state = (state["bit_generator"], key, state["pos"], state["has_gauss"],
-                 state["cached_gaussian"])  # fmt: skip
+        state = (
+            state["bit_generator"],
+            key,
+            state["pos"],
+            state["has_gauss"],
+            state["cached_gaussian"],
+        )
     np.random.set_state(state)
 
 

@@ -96,8 +96,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(self.every >= 0, "eval.every", "an int >= 0", self.every)
-        _require(self.best_metric in METRICS, "eval.best_metric", f"one of {METRICS}",
-                 self.best_metric)  # fmt: skip
+        _require(
+            self.best_metric in METRICS, "eval.best_metric", f"one of {METRICS}", self.best_metric
+        )
         if self.max_batches is not None:
             _require(
                 self.max_batches >= 1, "eval.max_batches", "an int >= 1 or null", self.max_batches
@@ -126,8 +127,12 @@ class DistributedConfig:
         _require(
             self.max_failures >= -1, "distributed.max_failures", "an int >= -1", self.max_failures
         )
-        _require(self.cpus_per_worker > 0, "distributed.cpus_per_worker", "a number > 0",
-                 self.cpus_per_worker)  # fmt: skip
+        _require(
+            self.cpus_per_worker > 0,
+            "distributed.cpus_per_worker",
+            "a number > 0",
+            self.cpus_per_worker,
+        )
 
 
 @dataclass
@@ -182,8 +187,12 @@ class TrainConfig:
         _require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
         _require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}", self.backend)
         size = self.data.image_size
-        _require(size % IMAGE_SIZE_MULTIPLE == 0, "data.image_size",
-                 f"a multiple of {IMAGE_SIZE_MULTIPLE} (the networks' input)", size)  # fmt: skip
+        _require(
+            size % IMAGE_SIZE_MULTIPLE == 0,
+            "data.image_size",
+            f"a multiple of {IMAGE_SIZE_MULTIPLE} (the networks' input)",
+            size,
+        )
         _require(self.log_every >= 1, "log_every", "an int >= 1", self.log_every)
         _require(
             self.checkpoint_every >= 0, "checkpoint_every", "an int >= 0", self.checkpoint_every

@@ -135,18 +135,23 @@ def restore(
         stream.load_state_dict(ckpt["streams"][name])
     set_rng_state(ckpt["rng"])
     return TrainState(
-        step=int(ckpt["step"]), history=list(ckpt["history"]), evals=list(ckpt["evals"]),
+        step=int(ckpt["step"]),
+        history=list(ckpt["history"]),
+        evals=list(ckpt["evals"]),
         best=ckpt["best"],
-    )  # fmt: skip
+    )
 
 
 def run_evaluation(comps: Components, keep_images: int = 0) -> Evaluation:
     """Evaluate the networks on the test split (RNG untouched)."""
     cfg = comps.cfg
     return evaluate(
-        comps.model, comps.data.test, comps.device,
-        max_batches=cfg.eval.max_batches, keep_images=keep_images,
-    )  # fmt: skip
+        comps.model,
+        comps.data.test,
+        comps.device,
+        max_batches=cfg.eval.max_batches,
+        keep_images=keep_images,
+    )
 
 
 def _is_better(value: float, best: dict[str, float] | None, key: str) -> bool:
@@ -212,8 +217,9 @@ def train(
     last = out / "last.pt"
     supervised = cfg.method.mode == "supervised"
     writer = SummaryWriter(str(out / "tensorboard"))
-    bar = tqdm(total=total, initial=state.step, desc=cfg.name, disable=not cfg.progress,
-               dynamic_ncols=True)  # fmt: skip
+    bar = tqdm(
+        total=total, initial=state.step, desc=cfg.name, disable=not cfg.progress, dynamic_ncols=True
+    )
     comps.method.train()
     final: Evaluation | None = None
     with stop_requests() as stop:  # Ctrl-C: finish the step, then leave the loop
@@ -225,9 +231,17 @@ def train(
                     None if supervised else to_device(next(streams["unlabeled"]), comps.device)
                 )
                 logs = train_step(
-                    comps.method, comps.optimizers, comps.schedulers, labeled, unlabeled, step,
-                    total, amp=cfg.amp, scaler=scaler, grad_clip=cfg.optim.grad_clip,
-                )  # fmt: skip
+                    comps.method,
+                    comps.optimizers,
+                    comps.schedulers,
+                    labeled,
+                    unlabeled,
+                    step,
+                    total,
+                    amp=cfg.amp,
+                    scaler=scaler,
+                    grad_clip=cfg.optim.grad_clip,
+                )
                 state.step = step + 1
                 if step % cfg.log_every == 0 or state.step == total:
                     values = logs_to_floats(logs)

@@ -88,14 +88,15 @@ def backend_reasons(backend: str, device: torch.device) -> list[str]:
 
     probes = {  # op name -> one call of it
         "supcon_loss": lambda: supcon_loss(
-            F.normalize(rand(4, 8), dim=1), torch.tensor([0, 0, 1, 1], device=device),
+            F.normalize(rand(4, 8), dim=1),
+            torch.tensor([0, 0, 1, 1], device=device),
             backend=backend,
         ),
         "dual_threshold": lambda: dual_threshold(rand(4, 2), eta=0.5, backend=backend),
         "inter_task_attention": lambda: inter_task_attention(
             rand(1, 4, 4, 4), rand(1, 4), rand(1, 2, 3, 3), rand(1), backend=backend
         ),
-    }  # fmt: skip
+    }
     reasons = []
     for probe in probes.values():
         try:

@@ -26,9 +26,18 @@ logger = logging.getLogger(__name__)
 
 PSEUDO_LABEL_MODES = ("hermes", "fixmatch")  # the methods that log pseudo-label statistics
 
-LOSS_KEYS = ("loss/total", "loss/ce_l", "loss/seg_sup", "loss/ce_u", "loss/dice_u",
-             "loss/contrast_img", "loss/contrast_pix", "loss/itc", "loss/unsup_cls",
-             "loss/unsup_seg")  # fmt: skip
+LOSS_KEYS = (
+    "loss/total",
+    "loss/ce_l",
+    "loss/seg_sup",
+    "loss/ce_u",
+    "loss/dice_u",
+    "loss/contrast_img",
+    "loss/contrast_pix",
+    "loss/itc",
+    "loss/unsup_cls",
+    "loss/unsup_seg",
+)
 
 
 def _series(history: list[dict[str, float]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -76,14 +85,21 @@ def plot_pseudo_labels(history: list[dict[str, float]], path: Path, title: str =
     for row, task in enumerate(("cls", "seg")):
         p = f"pseudo_{task}/"
         panels = [
-            ("kept fraction", [(f"{p}kept", "unlabeled (reliable)"),
-                               (f"{p}kept_labeled", "labeled batch")]),
+            (
+                "kept fraction",
+                [(f"{p}kept", "unlabeled (reliable)"), (f"{p}kept_labeled", "labeled batch")],
+            ),
             ("class thresholds tau_c", [(f"{p}threshold_{c}", f"class {c}") for c in range(3)]),
-            ("pseudo-label accuracy", [(f"{p}acc_kept_labeled", "kept, labeled"),
-                                       (f"{p}acc_dropped_labeled", "dropped, labeled"),
-                                       (f"{p}acc_kept_unlabeled", "kept, unlabeled truth"),
-                                       (f"{p}acc_dropped_unlabeled", "dropped, unlabeled truth")]),
-        ]  # fmt: skip
+            (
+                "pseudo-label accuracy",
+                [
+                    (f"{p}acc_kept_labeled", "kept, labeled"),
+                    (f"{p}acc_dropped_labeled", "dropped, labeled"),
+                    (f"{p}acc_kept_unlabeled", "kept, unlabeled truth"),
+                    (f"{p}acc_dropped_unlabeled", "dropped, unlabeled truth"),
+                ],
+            ),
+        ]
         for col, (name, series) in enumerate(panels):
             ax = axes[row, col]
             for key, label in series:
@@ -152,13 +168,18 @@ def run_summary(result: RunResult) -> dict[str, Any]:
     pseudo = {
         key: _tail_mean(h, key)
         for key in (
-            "pseudo_cls/kept", "pseudo_seg/kept",
-            "pseudo_cls/acc_kept_labeled", "pseudo_cls/acc_dropped_labeled",
-            "pseudo_seg/acc_kept_labeled", "pseudo_seg/acc_dropped_labeled",
-            "pseudo_cls/acc_kept_unlabeled", "pseudo_cls/acc_dropped_unlabeled",
-            "pseudo_seg/acc_kept_unlabeled", "pseudo_seg/acc_dropped_unlabeled",
+            "pseudo_cls/kept",
+            "pseudo_seg/kept",
+            "pseudo_cls/acc_kept_labeled",
+            "pseudo_cls/acc_dropped_labeled",
+            "pseudo_seg/acc_kept_labeled",
+            "pseudo_seg/acc_dropped_labeled",
+            "pseudo_cls/acc_kept_unlabeled",
+            "pseudo_cls/acc_dropped_unlabeled",
+            "pseudo_seg/acc_kept_unlabeled",
+            "pseudo_seg/acc_dropped_unlabeled",
         )
-    }  # fmt: skip
+    }
     return {
         "name": result.cfg.name,
         "mode": result.cfg.method.mode,
@@ -184,8 +205,13 @@ def write_run_report(result: RunResult, classes: Sequence[str]) -> Path:
     if result.cfg.method.mode in PSEUDO_LABEL_MODES:
         plot_pseudo_labels(result.state.history, folder / "pseudo_labels.png", name)
     if result.final is not None:
-        plot_masks(result.final.images, result.final.masks, result.final.predictions,
-                   folder / "masks.png", name)  # fmt: skip
+        plot_masks(
+            result.final.images,
+            result.final.masks,
+            result.final.predictions,
+            folder / "masks.png",
+            name,
+        )
     lines = [
         f"# {name}: {result.cfg.method.mode}, {summary['steps']} steps, {summary['seconds']} s",
         "",
@@ -218,8 +244,10 @@ def setup_lines(cfg: Any) -> list[str]:
         return f"{encoder} ({weights.get(spec or 'none', f'weights from {spec}')})"
 
     lines = [
-        "Setup: segmentation encoder " + describe(m.seg_encoder, m.pretrained_seg)
-        + ", classification encoder " + describe(m.cls_encoder, m.pretrained_cls)
+        "Setup: segmentation encoder "
+        + describe(m.seg_encoder, m.pretrained_seg)
+        + ", classification encoder "
+        + describe(m.cls_encoder, m.pretrained_cls)
         + f"; dataset {d.dataset} at {d.image_size} px, {d.labeled} labeled images, "
         f"{cfg.optim.steps} steps, seed {cfg.seed}.",
         "",
@@ -227,7 +255,7 @@ def setup_lines(cfg: Any) -> list[str]:
         "splits the test metrics of the same configuration spread by several points (lesion "
         "Dice and AUC; docs/results.md in the repository has the 5-seed spreads on BUSI), so a "
         "difference of a few points between the two columns is not evidence either way.",
-    ]  # fmt: skip
+    ]
     if "none" in (m.pretrained_seg or "none", m.pretrained_cls or "none"):
         lines += [
             "",

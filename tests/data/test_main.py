@@ -93,9 +93,14 @@ def _break(kind: str, tmp_path: Path, write_busi, write_folder) -> tuple[Path, s
 
 
 BROKEN = [
-    "truncated_png", "empty_class_folder", "not_a_dataset", "missing_folder", "missing_labels",
-    "duplicate_id", "unknown_label",
-]  # fmt: skip
+    "truncated_png",
+    "empty_class_folder",
+    "not_a_dataset",
+    "missing_folder",
+    "missing_labels",
+    "duplicate_id",
+    "unknown_label",
+]
 
 
 @pytest.mark.parametrize("kind", BROKEN)
@@ -120,8 +125,18 @@ def test_train_cli_refuses_a_bad_labels_file(tmp_path: Path, make_busi, make_fol
     """The run stops before training with the row named, exit status 2 (it used to train)."""
     root, _, expected = _break("unknown_label", tmp_path, make_busi, make_folder)
     result = _run(
-        "hermes.train", "--dataset", "folder", "--data", str(root), "--baseline", "none",
-        "--set", f"out_dir={tmp_path / 'runs'}", "--set", "optim.steps=1", timeout=600,
-    )  # fmt: skip
+        "hermes.train",
+        "--dataset",
+        "folder",
+        "--data",
+        str(root),
+        "--baseline",
+        "none",
+        "--set",
+        f"out_dir={tmp_path / 'runs'}",
+        "--set",
+        "optim.steps=1",
+        timeout=600,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected in result.stderr and "Traceback" not in result.stderr

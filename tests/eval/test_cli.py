@@ -19,11 +19,17 @@ from hermes.train.__main__ import main as train_main
 
 TINY_MODEL = [
     "model.preset=small",  # random-init ResNet layout at tiny widths (the default is Lite0)
-    "model.cls_widths=[8, 8, 16, 16]", "model.cls_stem_width=8",
-    "model.seg_widths=[8, 8, 16, 16]", "model.seg_stem_width=8",
-    "model.decoder_channels=[16, 8, 8, 8, 8]", "model.embed_dim=16", "model.proj_hidden=16",
-    "model.proj_dim=8", "model.consistency_dim=8", "model.image_size=32",
-]  # fmt: skip
+    "model.cls_widths=[8, 8, 16, 16]",
+    "model.cls_stem_width=8",
+    "model.seg_widths=[8, 8, 16, 16]",
+    "model.seg_stem_width=8",
+    "model.decoder_channels=[16, 8, 8, 8, 8]",
+    "model.embed_dim=16",
+    "model.proj_hidden=16",
+    "model.proj_dim=8",
+    "model.consistency_dim=8",
+    "model.image_size=32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +37,21 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Hermes and the supervised baseline, 2 steps each, through ``python -m hermes.train``."""
     root = tmp_path_factory.mktemp("cli")
     sets = [
-        f"data.cache_dir={root / 'cache'}", "data.phantom_size=24", "data.phantom_image_size=64",
-        "data.image_size=32", "data.labeled=8", "data.batch_size=4",
-        "data.unlabeled_batch_size=4", "optim.steps=2", "eval.every=0", "eval.max_batches=1",
-        "eval.figure_images=2", "checkpoint_every=0", "progress=false", *TINY_MODEL,
-    ]  # fmt: skip
+        f"data.cache_dir={root / 'cache'}",
+        "data.phantom_size=24",
+        "data.phantom_image_size=64",
+        "data.image_size=32",
+        "data.labeled=8",
+        "data.batch_size=4",
+        "data.unlabeled_batch_size=4",
+        "optim.steps=2",
+        "eval.every=0",
+        "eval.max_batches=1",
+        "eval.figure_images=2",
+        "checkpoint_every=0",
+        "progress=false",
+        *TINY_MODEL,
+    ]
     argv = ["--out", str(root / "runs"), "--backend", "torch"]
     for s in sets:
         argv += ["--set", s]
@@ -110,17 +126,29 @@ def test_predict_cli_skips_unreadable_images_and_keeps_every_mask(
     (images / "d.png").write_bytes(b"not an image")
     out = tmp_path / "pred"
     result = subprocess.run(
-        [sys.executable, "-m", "hermes.predict", str(trained / "supervised" / "best.pt"),
-         str(images), "--out", str(out)],
-        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "hermes.predict",
+            str(trained / "supervised" / "best.pt"),
+            str(images),
+            "--out",
+            str(out),
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "c.png" in result.stderr and "d.png" in result.stderr
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [(r["file"], r["mask"]) for r in rows] == [
-        ("a.jpg", "a_jpg_pred.png"), ("a.png", "a_png_pred.png"), ("b.png", "b_pred.png"),
-    ]  # fmt: skip
+        ("a.jpg", "a_jpg_pred.png"),
+        ("a.png", "a_png_pred.png"),
+        ("b.png", "b_pred.png"),
+    ]
     for r in rows:
         assert np.array(Image.open(out / r["mask"])).shape == (40, 48)
     assert sorted(p.name for p in out.glob("*_pred.png")) == sorted(r["mask"] for r in rows)
@@ -175,9 +203,13 @@ def _evaluate(args: list[str]) -> subprocess.CompletedProcess[str]:
     """``python -m hermes.evaluate`` in a subprocess, from the repository root."""
     repo = Path(__file__).resolve().parents[2]
     return subprocess.run(
-        [sys.executable, "-m", "hermes.evaluate", *args], cwd=repo, capture_output=True,
-        text=True, env={**os.environ, "PYTHONPATH": str(repo)}, timeout=600,
-    )  # fmt: skip
+        [sys.executable, "-m", "hermes.evaluate", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        timeout=600,
+    )
 
 
 def _reject_nan(name: str) -> None:
@@ -193,8 +225,9 @@ def test_evaluate_writes_null_for_an_undefined_metric(trained: Path, tmp_path: P
     split = tmp_path / "benign.json"  # a test part of one class: AUC and sensitivity undefined
     split.write_text(json.dumps({"labeled": [], "unlabeled": [], "test": benign}))
     out = tmp_path / "metrics.json"
-    proc = _evaluate([str(trained / "hermes" / "last.pt"), "--split-file", str(split),
-                      "--out", str(out)])  # fmt: skip
+    proc = _evaluate(
+        [str(trained / "hermes" / "last.pt"), "--split-file", str(split), "--out", str(out)]
+    )
     assert proc.returncode == 0, proc.stderr
     metrics = json.loads(out.read_text(), parse_constant=_reject_nan)
     assert metrics["auc"] is None and metrics["sensitivity"] is None
@@ -213,12 +246,24 @@ def test_evaluate_on_another_dataset_ignores_the_label_budget(
     # 6 images: the run's budget of 8 labeled images does not fit their train part
     other = ensure_phantom(PhantomConfig(size=6, image_size=48, seed=7), tmp_path / "cache")
     ckpt = str(trained / "hermes" / "last.pt")
-    test = _evaluate([ckpt, "--data", str(other), "--dataset", "folder", "--out",
-                      str(tmp_path / "test.json")])  # fmt: skip
+    test = _evaluate(
+        [ckpt, "--data", str(other), "--dataset", "folder", "--out", str(tmp_path / "test.json")]
+    )
     assert test.returncode == 0, test.stderr
     assert "labeled budget" not in test.stderr
     assert json.loads((tmp_path / "test.json").read_text())["images"] == 2  # 30% of 3 per class
-    every = _evaluate([ckpt, "--data", str(other), "--dataset", "folder", "--split", "all",
-                       "--out", str(tmp_path / "all.json")])  # fmt: skip
+    every = _evaluate(
+        [
+            ckpt,
+            "--data",
+            str(other),
+            "--dataset",
+            "folder",
+            "--split",
+            "all",
+            "--out",
+            str(tmp_path / "all.json"),
+        ]
+    )
     assert every.returncode == 0, every.stderr
     assert json.loads((tmp_path / "all.json").read_text())["images"] == 6

@@ -49,8 +49,12 @@ def test_accumulator_means_over_images() -> None:
     acc = MetricAccumulator()
     seg = torch.zeros(2, 2, 1, 2)
     seg[:, 1, 0, 0] = 5.0  # predicts lesion at pixel 0 in both images
-    acc.update(seg, torch.tensor([[[1, 0]], [[1, 1]]]), torch.tensor([[2.0, 0.0], [0.0, 2.0]]),
-               torch.tensor([0, 0]))  # fmt: skip
+    acc.update(
+        seg,
+        torch.tensor([[[1, 0]], [[1, 1]]]),
+        torch.tensor([[2.0, 0.0], [0.0, 2.0]]),
+        torch.tensor([0, 0]),
+    )
     m = acc.compute()
     assert m["dice_lesion"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert m["accuracy"] == pytest.approx(0.5) and m["images"] == 2

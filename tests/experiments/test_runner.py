@@ -13,22 +13,52 @@ from hermes.experiments.__main__ import main
 from hermes.experiments.runner import result_path
 
 TINY = [
-    "data.phantom_size=24", "data.phantom_image_size=64", "data.image_size=32",
-    "data.batch_size=4", "data.unlabeled_batch_size=4", "data.cache_images=true",
-    "model.preset=small", "model.cls_widths=[8,8,16,16]", "model.cls_stem_width=8", "model.seg_widths=[8,8,16,16]",
-    "model.seg_stem_width=8", "model.decoder_channels=[16,8,8,8,8]", "model.embed_dim=8",
-    "model.proj_hidden=16", "model.proj_dim=8", "model.consistency_dim=8",
-    "method.max_samples=16", "method.max_views=4", "method.warmup_steps=1",
-    "optim.steps=2", "eval.every=0", "eval.figure_images=0", "checkpoint_every=0",
-    "threads=1", "device=cpu",
-]  # fmt: skip
+    "data.phantom_size=24",
+    "data.phantom_image_size=64",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.unlabeled_batch_size=4",
+    "data.cache_images=true",
+    "model.preset=small",
+    "model.cls_widths=[8,8,16,16]",
+    "model.cls_stem_width=8",
+    "model.seg_widths=[8,8,16,16]",
+    "model.seg_stem_width=8",
+    "model.decoder_channels=[16,8,8,8,8]",
+    "model.embed_dim=8",
+    "model.proj_hidden=16",
+    "model.proj_dim=8",
+    "model.consistency_dim=8",
+    "method.max_samples=16",
+    "method.max_views=4",
+    "method.warmup_steps=1",
+    "optim.steps=2",
+    "eval.every=0",
+    "eval.figure_images=0",
+    "checkpoint_every=0",
+    "threads=1",
+    "device=cpu",
+]
 VARIANT_NAMES = ["supervised", "hermes"]
 
 
 def _argv(out: Path, cache: Path, seeds: list[int]) -> list[str]:
-    argv = ["--dataset", "phantom", "--config", "hermes/configs/experiments/phantom_cpu.yaml",
-            "--budgets", "8", "--seeds", *map(str, seeds), "--variants", *VARIANT_NAMES,
-            "--out", str(out), "--set", f"data.cache_dir={cache}"]  # fmt: skip
+    argv = [
+        "--dataset",
+        "phantom",
+        "--config",
+        "hermes/configs/experiments/phantom_cpu.yaml",
+        "--budgets",
+        "8",
+        "--seeds",
+        *map(str, seeds),
+        "--variants",
+        *VARIANT_NAMES,
+        "--out",
+        str(out),
+        "--set",
+        f"data.cache_dir={cache}",
+    ]
     for item in TINY:
         argv += ["--set", item]
     return argv
@@ -48,10 +78,13 @@ class Counter:
 
 def _matrix(out: Path, cache: Path, seeds: list[int]) -> Matrix:
     return Matrix(
-        out, [8], seeds, [VARIANTS[n] for n in VARIANT_NAMES],
+        out,
+        [8],
+        seeds,
+        [VARIANTS[n] for n in VARIANT_NAMES],
         preset="hermes/configs/experiments/phantom_cpu.yaml",
         overrides=[("data.dataset", "phantom"), f"data.cache_dir={cache}", *TINY],
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")

@@ -65,9 +65,14 @@ def test_unknown_variant_and_bad_budget_are_rejected(tmp_path: Path) -> None:
 
 
 def _fake(variant: str, budget: int, seed: int, dice: float, acc: float) -> dict:
-    return {"variant": variant, "budget": budget, "seed": seed, "seconds": 1.0,
-            "metrics": {"dice_lesion": dice, "accuracy": acc},
-            "end_of_training": {"pseudo_cls/kept_unlabeled": 0.5}}  # fmt: skip
+    return {
+        "variant": variant,
+        "budget": budget,
+        "seed": seed,
+        "seconds": 1.0,
+        "metrics": {"dice_lesion": dice, "accuracy": acc},
+        "end_of_training": {"pseudo_cls/kept_unlabeled": 0.5},
+    }
 
 
 def test_summary_gives_mean_std_and_paired_gains(tmp_path: Path) -> None:
@@ -76,7 +81,9 @@ def test_summary_gives_mean_std_and_paired_gains(tmp_path: Path) -> None:
     her = {0: 0.55, 1: 0.62, 2: 0.69}
     results = {}
     for seed in (0, 1, 2):
-        results[RunSpec(VARIANTS["supervised"], 40, seed)] = _fake("supervised", 40, seed, sup[seed], 0.8)
+        results[RunSpec(VARIANTS["supervised"], 40, seed)] = _fake(
+            "supervised", 40, seed, sup[seed], 0.8
+        )
         results[RunSpec(VARIANTS["hermes"], 40, seed)] = _fake("hermes", 40, seed, her[seed], 0.9)
     s = summarize(m, results)
     assert s["dice_lesion"]["supervised"][40]["mean"] == pytest.approx(0.60)

@@ -27,8 +27,12 @@ from hermes.ops import dual_threshold
 
 
 def test_build_method_follows_the_mode() -> None:
-    kinds = {"hermes": HermesMethod, "supervised": HermesMethod,
-             "mean_teacher": MeanTeacherMethod, "fixmatch": FixMatchMethod}  # fmt: skip
+    kinds = {
+        "hermes": HermesMethod,
+        "supervised": HermesMethod,
+        "mean_teacher": MeanTeacherMethod,
+        "fixmatch": FixMatchMethod,
+    }
     for mode, kind in kinds.items():
         assert type(build_method(tiny_model(), MethodConfig(mode=mode))) is kind
 
@@ -147,8 +151,9 @@ def test_fixmatch_terms_and_total() -> None:
 
 def test_fixmatch_keeps_nothing_below_the_threshold() -> None:
     labeled, unlabeled = batches()
-    method = FixMatchMethod(tiny_model(), MethodConfig(mode="fixmatch",
-                                                       fixmatch=FixMatchConfig(threshold=1.0)))  # fmt: skip
+    method = FixMatchMethod(
+        tiny_model(), MethodConfig(mode="fixmatch", fixmatch=FixMatchConfig(threshold=1.0))
+    )
     _, logs = method(labeled, unlabeled, step=0, total_steps=10)
     assert logs["loss/unsup_cls"].item() == 0.0 and logs["loss/unsup_seg"].item() == 0.0
     assert logs["pseudo_cls/kept"].item() == 0.0
@@ -159,9 +164,10 @@ def test_a_few_steps_lower_the_loss(mode: str) -> None:
     torch.manual_seed(0)
     labeled, unlabeled = batches()
     cfg = MethodConfig(
-        mode=mode, mean_teacher=MeanTeacherConfig(rampup=0.0),
+        mode=mode,
+        mean_teacher=MeanTeacherConfig(rampup=0.0),
         fixmatch=FixMatchConfig(threshold=0.5),
-    )  # fmt: skip
+    )
     method = build_method(tiny_model(), cfg)
     opt = torch.optim.Adam([p for p in method.parameters() if p.requires_grad], lr=3e-3)
     totals = []

@@ -66,8 +66,9 @@ def _worker(rank: int, tmp: str) -> None:
             x[k].requires_grad_(True)
         out = {}
         for name, value in losses(x, comm).items():
-            grads = torch.autograd.grad(value, [x["strong"], x["weak"], x["seg"], x["cls"]],
-                                        allow_unused=True)  # fmt: skip
+            grads = torch.autograd.grad(
+                value, [x["strong"], x["weak"], x["seg"], x["cls"]], allow_unused=True
+            )
             out[name] = (value.detach(), [None if g is None else g.detach() for g in grads])
         torch.save(out, f"{tmp}/rank{rank}.pt")
     finally:
@@ -82,8 +83,9 @@ def test_two_ranks_equal_one_process_on_the_global_batch(tmp_path: Path) -> None
     for k in ("strong", "weak", "seg", "cls"):
         x[k].requires_grad_(True)
     for name, value in losses(x).items():
-        full = torch.autograd.grad(value, [x["strong"], x["weak"], x["seg"], x["cls"]],
-                                   allow_unused=True)  # fmt: skip
+        full = torch.autograd.grad(
+            value, [x["strong"], x["weak"], x["seg"], x["cls"]], allow_unused=True
+        )
         for rank in range(WORLD):
             got_value, got_grads = torch.load(tmp_path / f"rank{rank}.pt")[name]
             torch.testing.assert_close(got_value, value.detach(), msg=f"{name} value, rank {rank}")

@@ -17,10 +17,20 @@ S = 32  # smallest size the networks take
 def tiny_model(num_classes: int = 2, **kw) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = ModelConfig(
-        preset="small", num_classes=num_classes, cls_widths=(8, 8, 16, 16), cls_stem_width=8,
-        seg_widths=(8, 8, 16, 16), seg_stem_width=8, decoder_channels=(16, 8, 8, 8, 8),
-        embed_dim=16, proj_hidden=16, proj_dim=8, consistency_dim=8, image_size=S, **kw,
-    )  # fmt: skip
+        preset="small",
+        num_classes=num_classes,
+        cls_widths=(8, 8, 16, 16),
+        cls_stem_width=8,
+        seg_widths=(8, 8, 16, 16),
+        seg_stem_width=8,
+        decoder_channels=(16, 8, 8, 8, 8),
+        embed_dim=16,
+        proj_hidden=16,
+        proj_dim=8,
+        consistency_dim=8,
+        image_size=S,
+        **kw,
+    )
     return build_model(cfg)
 
 
@@ -70,8 +80,13 @@ def test_total_is_the_weighted_sum_of_the_terms(num_classes: int) -> None:
     assert t["contrast_pix"] >= 0
     assert all(not v.requires_grad for v in logs.values())
     assert logs[f"pseudo_cls/threshold_{num_classes - 1}"].item() == pytest.approx(0.5)
-    for key in ("pseudo_cls/acc_kept_labeled", "pseudo_seg/acc_dropped_unlabeled",
-                "pseudo_seg/kept", "pseudo_cls/kept_reliable_0", "pseudo_seg/mean_entropy"):  # fmt: skip
+    for key in (
+        "pseudo_cls/acc_kept_labeled",
+        "pseudo_seg/acc_dropped_unlabeled",
+        "pseudo_seg/kept",
+        "pseudo_cls/kept_reliable_0",
+        "pseudo_seg/mean_entropy",
+    ):
         assert key in logs
     loss.backward()
     assert (

@@ -20,9 +20,14 @@ FAMILIES = {
     "convnext": ("convnext_atto", {}, (4, 8, 16, 32)),
 }
 HEADS = dict(
-    decoder_channels=(16, 8, 8, 8, 8), embed_dim=16, proj_hidden=16, proj_dim=8,
-    consistency_dim=16, pretrained_cls="none", pretrained_seg="none",
-)  # fmt: skip
+    decoder_channels=(16, 8, 8, 8, 8),
+    embed_dim=16,
+    proj_hidden=16,
+    proj_dim=8,
+    consistency_dim=16,
+    pretrained_cls="none",
+    pretrained_seg="none",
+)
 
 
 def _config(family: str, **overrides: object) -> ModelConfig:

@@ -116,8 +116,11 @@ def test_lite0_preset_loads_the_same_weights_into_both_branches() -> None:
             torch.testing.assert_close(tensor, reference[name], msg=name)
     # The input statistics follow the weights: ImageNet-normalised in, [-1, 1] to the encoder.
     x = _grace_hopper(64)
-    expected = (x * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) + torch.tensor(
-        [0.485, 0.456, 0.406]).view(1, 3, 1, 1) - 0.5) / 0.5  # fmt: skip
+    expected = (
+        x * torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        + torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+        - 0.5
+    ) / 0.5
     torch.testing.assert_close(model.seg.input_norm(x), expected)
     torch.testing.assert_close(model.cls.input_norm(x), expected)
     # Random weights keep ImageNet statistics: the identity.
@@ -160,8 +163,11 @@ def test_imagenet_weights_offline_fail_loudly_saying_what_to_pass(
 ) -> None:
     _offline(monkeypatch)
     cfg = ModelConfig(preset="small", pretrained_cls="imagenet")
-    with pytest.raises(ValueError, match=r"(?s)classification encoder resnet18.*hub.*"
-                       r"pass the file as the branch's model.pretrained_\*"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)classification encoder resnet18.*hub.*"
+        r"pass the file as the branch's model.pretrained_\*",
+    ):
         build_model(cfg)
 
 

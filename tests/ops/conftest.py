@@ -159,9 +159,14 @@ def compile_for_sm90(
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    spec = json.dumps(dict(module=module, kernel=kernel, signature=signature, constexprs=constexprs))
+    spec = json.dumps(
+        dict(module=module, kernel=kernel, signature=signature, constexprs=constexprs)
+    )
     result = subprocess.run(
-        [sys.executable, "-c", _COMPILE_SCRIPT, spec], env=env, capture_output=True, text=True,
+        [sys.executable, "-c", _COMPILE_SCRIPT, spec],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
     assert result.returncode == 0, f"{kernel} does not compile for sm_90:\n{result.stderr[-3000:]}"

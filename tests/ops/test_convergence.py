@@ -46,8 +46,12 @@ def _losses(backend: str, device: torch.device) -> list[torch.Tensor]:
     history = []
     for step in range(STEPS):
         logits, seg, emb = model(images[step])
-        sup = F.cross_entropy(logits[:LABELED], labels[step]) + F.cross_entropy(seg[:LABELED], masks[step])
-        cls_pl = dual_threshold(logits[LABELED:], eta=0.69, tau_max=0.6, tau_min=0.5, backend=backend)
+        sup = F.cross_entropy(logits[:LABELED], labels[step]) + F.cross_entropy(
+            seg[:LABELED], masks[step]
+        )
+        cls_pl = dual_threshold(
+            logits[LABELED:], eta=0.69, tau_max=0.6, tau_min=0.5, backend=backend
+        )
         seg_pl = dual_threshold(seg[LABELED:], eta=0.69, tau_max=0.6, tau_min=0.5, backend=backend)
         pixel = F.cross_entropy(seg[LABELED:], seg_pl.labels, reduction="none")
         unsup = (pixel * seg_pl.reliable).sum() / seg_pl.reliable.sum().clamp(min=1)
@@ -55,8 +59,14 @@ def _losses(backend: str, device: torch.device) -> list[torch.Tensor]:
         weights = torch.cat([torch.ones(LABELED, device=device), cls_pl.reliable.float()])
         contrast = supcon_loss(emb, all_labels, temperature=0.2, weights=weights, backend=backend)
         contrast_seg = supcon_loss(
-            emb[:LABELED], labels[step], emb, all_labels, self_offset=0, temperature=0.2,
-            denominator="pos_plus_neg", backend=backend,
+            emb[:LABELED],
+            labels[step],
+            emb,
+            all_labels,
+            self_offset=0,
+            temperature=0.2,
+            denominator="pos_plus_neg",
+            backend=backend,
         )
         loss = sup + unsup + 0.5 * (contrast + contrast_seg)
         opt.zero_grad()
@@ -70,17 +80,30 @@ def _op_inputs(device: torch.device) -> dict[str, dict]:
     """Representative inputs of each op, to skip a backend that lacks one of them."""
     return {
         "supcon_loss": dict(
-            anchors=torch.randn(4, 16, device=device), labels=torch.zeros(4, dtype=torch.long, device=device),
-            contrasts=None, contrast_labels=None, temperature=0.2, base_temperature=0.07,
-            weights=None, denominator="all", reduction="mean", self_offset=None,
+            anchors=torch.randn(4, 16, device=device),
+            labels=torch.zeros(4, dtype=torch.long, device=device),
+            contrasts=None,
+            contrast_labels=None,
+            temperature=0.2,
+            base_temperature=0.07,
+            weights=None,
+            denominator="all",
+            reduction="mean",
+            self_offset=None,
         ),
         "dual_threshold": dict(
-            logits=torch.randn(4, 2, device=device), eta=0.69, tau_max=0.6, tau_min=0.5,
-            valid=None, histogram_hook=None,
+            logits=torch.randn(4, 2, device=device),
+            eta=0.69,
+            tau_max=0.6,
+            tau_min=0.5,
+            valid=None,
+            histogram_hook=None,
         ),
         "inter_task_attention": dict(
-            cls_feature=torch.randn(1, 8, 8, 8, device=device), gate=torch.rand(1, 8, device=device),
-            spatial_weight=torch.randn(1, 2, 3, 3, device=device), spatial_bias=torch.randn(1, device=device),
+            cls_feature=torch.randn(1, 8, 8, 8, device=device),
+            gate=torch.rand(1, 8, device=device),
+            spatial_weight=torch.randn(1, 2, 3, 3, device=device),
+            spatial_bias=torch.randn(1, device=device),
         ),
     }
 

@@ -58,8 +58,14 @@ def _labels(n: int, k: int, seed: int = 1) -> torch.Tensor:
 
 
 def test_extension_registers_cpu_kernels_for_every_op(cb):
-    for op in ("supcon_fwd", "supcon_bwd", "dual_threshold_pass1", "dual_threshold_pass2",
-               "inter_task_attention_fwd", "inter_task_attention_bwd"):
+    for op in (
+        "supcon_fwd",
+        "supcon_bwd",
+        "dual_threshold_pass1",
+        "dual_threshold_pass2",
+        "inter_task_attention_fwd",
+        "inter_task_attention_bwd",
+    ):
         assert cb.has_kernel(op, "cpu"), op
     table = dispatch.available()
     assert all(table[op]["cpp"] == "registered" for op in dispatch.OPS), table
@@ -92,8 +98,10 @@ def test_opcheck_supcon(cb, pos_plus_neg):
 
 def test_opcheck_inter_task_attention(cb):
     args = (
-        torch.randn(2, 3, 4, 5, requires_grad=True), torch.rand(2, 3, requires_grad=True),
-        torch.randn(1, 2, 3, 3, requires_grad=True), torch.randn(1, requires_grad=True),
+        torch.randn(2, 3, 4, 5, requires_grad=True),
+        torch.rand(2, 3, requires_grad=True),
+        torch.randn(1, 2, 3, 3, requires_grad=True),
+        torch.randn(1, requires_grad=True),
     )
     torch.library.opcheck(torch.ops.hermes.inter_task_attention_fwd.default, args)
 
@@ -103,7 +111,9 @@ def test_opcheck_dual_threshold(cb):
     torch.library.opcheck(
         torch.ops.hermes.dual_threshold_pass1.default, (logits, torch.rand(2, 7) > 0.5)
     )
-    labels, conf, ent, ok, hist = torch.ops.hermes.dual_threshold_pass1(logits, torch.empty(0, dtype=torch.bool))
+    labels, conf, ent, ok, hist = torch.ops.hermes.dual_threshold_pass1(
+        logits, torch.empty(0, dtype=torch.bool)
+    )
     torch.library.opcheck(
         torch.ops.hermes.dual_threshold_pass2.default,
         (labels, conf, ent, ok, class_thresholds(hist, 0.95, 0.5), torch.tensor(0.5)),
@@ -136,12 +146,18 @@ def test_dual_threshold_and_ita_check_inputs(cb):
     with pytest.raises(RuntimeError, match="must have 3 dimensions"):
         torch.ops.hermes.dual_threshold_pass1(torch.randn(2, 3), torch.empty(0, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="valid must be bool of shape"):
-        torch.ops.hermes.dual_threshold_pass1(torch.randn(2, 3, 4), torch.ones(2, 5, dtype=torch.bool))
+        torch.ops.hermes.dual_threshold_pass1(
+            torch.randn(2, 3, 4), torch.ones(2, 5, dtype=torch.bool)
+        )
     x = torch.randn(1, 2, 3, 3)
     with pytest.raises(RuntimeError, match="k odd"):
-        torch.ops.hermes.inter_task_attention_fwd(x, torch.rand(1, 2), torch.randn(1, 2, 2, 2), torch.zeros(1))
+        torch.ops.hermes.inter_task_attention_fwd(
+            x, torch.rand(1, 2), torch.randn(1, 2, 2, 2), torch.zeros(1)
+        )
     with pytest.raises(RuntimeError, match=r"gate must be \(1, 2\)"):
-        torch.ops.hermes.inter_task_attention_fwd(x, torch.rand(2, 2), torch.randn(1, 2, 3, 3), torch.zeros(1))
+        torch.ops.hermes.inter_task_attention_fwd(
+            x, torch.rand(2, 2), torch.randn(1, 2, 3, 3), torch.zeros(1)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,8 +171,14 @@ def _compare_supcon(cb, n, m, d, k, denominator, self_offset, with_contrasts, re
     b = _features(m, d, seed=5).requires_grad_() if with_contrasts else None
     yb = _labels(m, k, seed=6) if with_contrasts else None
     w = torch.rand(n, generator=torch.Generator().manual_seed(7))
-    kw = dict(temperature=0.1, base_temperature=0.07, weights=w, denominator=denominator,
-              reduction=reduction, self_offset=self_offset if with_contrasts else None)
+    kw = dict(
+        temperature=0.1,
+        base_temperature=0.07,
+        weights=w,
+        denominator=denominator,
+        reduction=reduction,
+        self_offset=self_offset if with_contrasts else None,
+    )
     inputs = [a] + ([b] if with_contrasts else [])
     ref = supcon_loss_reference(a, y, b, yb, **kw)
     out = cb.supcon_loss_cpp(a, y, b, yb, **kw)
@@ -181,7 +203,9 @@ def _compare_supcon(cb, n, m, d, k, denominator, self_offset, with_contrasts, re
         (257, 2, 8, 2, 1, True),
     ],
 )
-def test_supcon_matches_reference_across_tiles(cb, denominator, n, m, d, k, self_offset, with_contrasts):
+def test_supcon_matches_reference_across_tiles(
+    cb, denominator, n, m, d, k, self_offset, with_contrasts
+):
     _compare_supcon(cb, n, m, d, k, denominator, self_offset, with_contrasts)
 
 
@@ -210,7 +234,9 @@ def test_inter_task_attention_gradcheck_float64(cb):
         torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True),
         torch.randn(1, dtype=torch.float64, requires_grad=True),
     )
-    assert torch.autograd.gradcheck(lambda *t: torch.ops.hermes.inter_task_attention_fwd(*t)[0], args)
+    assert torch.autograd.gradcheck(
+        lambda *t: torch.ops.hermes.inter_task_attention_fwd(*t)[0], args
+    )
 
 
 def test_inter_task_attention_ties_share_the_max_gradient(cb):
@@ -285,7 +311,9 @@ def test_supcon_peak_memory_is_linear_in_n(cb):
     n, d = 8192, 32
     out = subprocess.run(
         [sys.executable, "-c", _PEAK_SCRIPT, str(n), str(d), "cpp"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     growth_mib = int(out.stdout.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
     assert growth_mib < 64, f"peak RSS grew by {growth_mib:.0f} MiB"
@@ -304,5 +332,12 @@ def test_automatic_choice_on_cpu_follows_the_measured_rule(cb, monkeypatch):
     assert chosen(small) == "torch"
     assert chosen(small + 2) == "cpp"
     # forcing still works below the threshold
-    assert dispatch.select("supcon_loss", "cpp", torch.device("cpu"), dict(
-        anchors=_features(4, 4), labels=_labels(4, 2))).backend == "cpp"
+    assert (
+        dispatch.select(
+            "supcon_loss",
+            "cpp",
+            torch.device("cpu"),
+            dict(anchors=_features(4, 4), labels=_labels(4, 2)),
+        ).backend
+        == "cpp"
+    )

@@ -24,9 +24,16 @@ def _clean_env(monkeypatch):
 def _supcon_inputs(n=6, d=8, dtype=torch.float32, device="cpu"):
     a = F.normalize(torch.randn(n, d), dim=1).to(device, dtype)
     return dict(
-        anchors=a, labels=torch.arange(n, device=device) % 2, contrasts=None, contrast_labels=None,
-        temperature=0.1, base_temperature=0.07, weights=None, denominator="all",
-        reduction="mean", self_offset=None,
+        anchors=a,
+        labels=torch.arange(n, device=device) % 2,
+        contrasts=None,
+        contrast_labels=None,
+        temperature=0.1,
+        base_temperature=0.07,
+        weights=None,
+        denominator="all",
+        reduction="mean",
+        self_offset=None,
     )
 
 
@@ -127,11 +134,26 @@ def test_cpu_without_interpreter_is_declined(monkeypatch):
     monkeypatch.setattr(_common, "INTERPRET", False)
     for op, inputs in (
         ("supcon_loss", _supcon_inputs()),
-        ("dual_threshold", dict(logits=torch.randn(4, 3), eta=0.5, tau_max=0.95, tau_min=0.5,
-                                valid=None, histogram_hook=None)),
-        ("inter_task_attention", dict(cls_feature=torch.randn(1, 2, 3, 3), gate=torch.rand(1, 2),
-                                      spatial_weight=torch.randn(1, 2, 3, 3),
-                                      spatial_bias=torch.randn(1))),
+        (
+            "dual_threshold",
+            dict(
+                logits=torch.randn(4, 3),
+                eta=0.5,
+                tau_max=0.95,
+                tau_min=0.5,
+                valid=None,
+                histogram_hook=None,
+            ),
+        ),
+        (
+            "inter_task_attention",
+            dict(
+                cls_feature=torch.randn(1, 2, 3, 3),
+                gate=torch.rand(1, 2),
+                spatial_weight=torch.randn(1, 2, 3, 3),
+                spatial_bias=torch.randn(1),
+            ),
+        ),
     ):
         reasons = dispatch._reasons(op, "triton", inputs)
         assert any("TRITON_INTERPRET=1" in r for r in reasons), (op, reasons)
@@ -140,14 +162,27 @@ def test_cpu_without_interpreter_is_declined(monkeypatch):
 def test_each_op_gives_its_own_reasons():
     _triton_ready(_device())
     device = _device()
-    many_classes = dict(logits=torch.randn(2, 2000, device=device), eta=0.5, tau_max=0.95,
-                        tau_min=0.5, valid=None, histogram_hook=None)
-    assert any("2000 classes" in r for r in dispatch._reasons("dual_threshold", "triton", many_classes))
-    big_kernel = dict(cls_feature=torch.randn(1, 2, 9, 9, device=device),
-                      gate=torch.rand(1, 2, device=device),
-                      spatial_weight=torch.randn(1, 2, 9, 9, device=device),
-                      spatial_bias=torch.randn(1, device=device))
-    assert any("kernel size 9" in r for r in dispatch._reasons("inter_task_attention", "triton", big_kernel))
+    many_classes = dict(
+        logits=torch.randn(2, 2000, device=device),
+        eta=0.5,
+        tau_max=0.95,
+        tau_min=0.5,
+        valid=None,
+        histogram_hook=None,
+    )
+    assert any(
+        "2000 classes" in r for r in dispatch._reasons("dual_threshold", "triton", many_classes)
+    )
+    big_kernel = dict(
+        cls_feature=torch.randn(1, 2, 9, 9, device=device),
+        gate=torch.rand(1, 2, device=device),
+        spatial_weight=torch.randn(1, 2, 9, 9, device=device),
+        spatial_bias=torch.randn(1, device=device),
+    )
+    assert any(
+        "kernel size 9" in r
+        for r in dispatch._reasons("inter_task_attention", "triton", big_kernel)
+    )
 
 
 def _run_python(code: str) -> str:

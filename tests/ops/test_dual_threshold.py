@@ -33,7 +33,9 @@ def assert_same_output(got, want, tol=1e-5):
     assert got.labels.dtype == torch.int64 and got.reliable.dtype == torch.bool
     assert got.confidence.dtype == torch.float32 and got.entropy.dtype == torch.float32
     torch.testing.assert_close(got.labels, want.labels.to(want_dev))
-    torch.testing.assert_close(got.confidence.cpu(), want.confidence, rtol=tol, atol=tol, equal_nan=True)
+    torch.testing.assert_close(
+        got.confidence.cpu(), want.confidence, rtol=tol, atol=tol, equal_nan=True
+    )
     torch.testing.assert_close(got.entropy.cpu(), want.entropy, rtol=tol, atol=tol, equal_nan=True)
     torch.testing.assert_close(got.thresholds.cpu(), want.thresholds, rtol=tol, atol=tol)
     differ = got.reliable.cpu() != want.reliable
@@ -43,8 +45,16 @@ def assert_same_output(got, want, tol=1e-5):
     s, r = got.stats, want.stats
     assert s.histogram.dtype == torch.int64
     torch.testing.assert_close(s.histogram.cpu(), r.histogram)
-    for name in ("kept_confident", "kept_certain", "kept_reliable", "mean_confidence", "mean_entropy"):
-        torch.testing.assert_close(getattr(s, name).cpu(), getattr(r, name), rtol=tol, atol=tol, msg=name)
+    for name in (
+        "kept_confident",
+        "kept_certain",
+        "kept_reliable",
+        "mean_confidence",
+        "mean_entropy",
+    ):
+        torch.testing.assert_close(
+            getattr(s, name).cpu(), getattr(r, name), rtol=tol, atol=tol, msg=name
+        )
 
 
 @pytest.mark.parametrize("with_valid", [False, True], ids=["all", "valid"])
@@ -58,7 +68,11 @@ def test_matches_reference(fast_backend, require_backend, shape, dtype, with_val
     require_backend("dual_threshold", name, _dispatch_inputs(logits, valid))
     got = dual_threshold(logits, eta=0.5, tau_max=0.9, tau_min=0.4, valid=valid, backend=name)
     want = dual_threshold_reference(
-        logits.cpu(), eta=0.5, tau_max=0.9, tau_min=0.4, valid=None if valid is None else valid.cpu()
+        logits.cpu(),
+        eta=0.5,
+        tau_max=0.9,
+        tau_min=0.4,
+        valid=None if valid is None else valid.cpu(),
     )
     assert got.labels.shape == (shape[0], *shape[2:])
     assert_same_output(got, want)
@@ -104,7 +118,10 @@ def test_histogram_hook(fast_backend, require_backend):
     require_backend("dual_threshold", name, _dispatch_inputs(logits, valid, hook=hook))
     got = dual_threshold(logits, eta=1.0, valid=valid, backend=name, histogram_hook=hook)
     want = dual_threshold_reference(
-        logits.cpu(), eta=1.0, valid=valid.cpu(), histogram_hook=lambda h: h + torch.tensor([50, 0, 0, 0])
+        logits.cpu(),
+        eta=1.0,
+        valid=valid.cpu(),
+        histogram_hook=lambda h: h + torch.tensor([50, 0, 0, 0]),
     )
     assert len(seen) == 1
     torch.testing.assert_close(seen[0].cpu(), want.stats.histogram)
@@ -152,10 +169,14 @@ def test_triton_custom_ops_trace_under_compile(require_backend):
     )
 
     def run(lg):
-        out = dual_threshold(lg, eta=0.8, valid=valid, backend="triton", histogram_hook=lambda h: h * 2)
+        out = dual_threshold(
+            lg, eta=0.8, valid=valid, backend="triton", histogram_hook=lambda h: h * 2
+        )
         return out.labels, out.reliable, out.thresholds, out.stats.kept_reliable
 
-    compiled = torch.compile(run, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager")
+    compiled = torch.compile(
+        run, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager"
+    )
     for got, want in zip(compiled(logits), run(logits), strict=True):
         torch.testing.assert_close(got, want)
 
@@ -168,15 +189,41 @@ def test_kernels_compile_for_h100(sm90_compiler, dtype):
 
     block_e, block_c = K.block_sizes(2)
     const = dict(HAS_VALID=True, BLOCK_E=block_e, BLOCK_C=block_c)
-    sm90_compiler("hermes.kernels.dual_threshold", "dual_threshold_pass1_kernel", {
-        "x_ptr": f"*{dtype}", "valid_ptr": "*i1", "label_ptr": "*i64", "conf_ptr": "*fp32",
-        "ent_ptr": "*fp32", "hist_ptr": "*i64", "E": "i32", "C": "i32", "S": "i32", "eps": "fp32",
-    }, const)
-    sm90_compiler("hermes.kernels.dual_threshold", "dual_threshold_pass2_kernel", {
-        "label_ptr": "*i64", "conf_ptr": "*fp32", "ent_ptr": "*fp32", "valid_ptr": "*i1",
-        "thr_ptr": "*fp32", "eta_ptr": "*fp32", "reliable_ptr": "*u8", "kept_ptr": "*i64",
-        "sums_ptr": "*fp32", "E": "i32", "C": "i32",
-    }, const)
+    sm90_compiler(
+        "hermes.kernels.dual_threshold",
+        "dual_threshold_pass1_kernel",
+        {
+            "x_ptr": f"*{dtype}",
+            "valid_ptr": "*i1",
+            "label_ptr": "*i64",
+            "conf_ptr": "*fp32",
+            "ent_ptr": "*fp32",
+            "hist_ptr": "*i64",
+            "E": "i32",
+            "C": "i32",
+            "S": "i32",
+            "eps": "fp32",
+        },
+        const,
+    )
+    sm90_compiler(
+        "hermes.kernels.dual_threshold",
+        "dual_threshold_pass2_kernel",
+        {
+            "label_ptr": "*i64",
+            "conf_ptr": "*fp32",
+            "ent_ptr": "*fp32",
+            "valid_ptr": "*i1",
+            "thr_ptr": "*fp32",
+            "eta_ptr": "*fp32",
+            "reliable_ptr": "*u8",
+            "kept_ptr": "*i64",
+            "sums_ptr": "*fp32",
+            "E": "i32",
+            "C": "i32",
+        },
+        const,
+    )
 
 
 # No sample, no pixel, or both; with and without a valid mask.

@@ -33,7 +33,10 @@ def _inputs(shape, seed=0, ties=False):
 
 
 def _run(fn, inputs, grad, dtype, device):
-    leaves = [t.to(device, dtype if i < 2 else torch.float32).requires_grad_() for i, t in enumerate(inputs)]
+    leaves = [
+        t.to(device, dtype if i < 2 else torch.float32).requires_grad_()
+        for i, t in enumerate(inputs)
+    ]
     y = fn(*leaves)
     grads = torch.autograd.grad((y.float() * grad.to(device)).sum(), leaves)
     return y, grads
@@ -46,8 +49,10 @@ def _compare(fast_backend, require_backend, check, shape, dtype, **kw):
     require_backend("inter_task_attention", name, dict(zip(NAMES, on_device, strict=True)))
     y, grads = _run(lambda *t: inter_task_attention(*t, backend=name), inputs, grad, dtype, device)
     y_ref, g_ref = _run(inter_task_attention_reference, inputs, grad, torch.float32, "cpu")
-    y_dt, g_dt = (y_ref, g_ref) if dtype == torch.float32 else _run(
-        inter_task_attention_reference, inputs, grad, dtype, "cpu"
+    y_dt, g_dt = (
+        (y_ref, g_ref)
+        if dtype == torch.float32
+        else _run(inter_task_attention_reference, inputs, grad, dtype, "cpu")
     )
     assert y.dtype == dtype and y.shape == inputs[0].shape
     check(y, y_ref, y_dt, dtype, "forward", "y")
@@ -78,9 +83,14 @@ def test_module_matches_torch_backend(fast_backend, require_backend, check):
     module = InterTaskAttention(channels=6, reduction=2)
     c, s = torch.randn(2, 6, 5, 7), torch.randn(2, 6, 5, 7)
     require_backend(
-        "inter_task_attention", name,
-        dict(cls_feature=c.to(device), gate=torch.rand(2, 6, device=device),
-             spatial_weight=module.spatial.weight.to(device), spatial_bias=module.spatial.bias.to(device)),
+        "inter_task_attention",
+        name,
+        dict(
+            cls_feature=c.to(device),
+            gate=torch.rand(2, 6, device=device),
+            spatial_weight=module.spatial.weight.to(device),
+            spatial_bias=module.spatial.bias.to(device),
+        ),
     )
     results = {}
     for backend, dev in ((name, device), ("torch", torch.device("cpu"))):
@@ -110,7 +120,9 @@ def test_triton_custom_ops_trace_under_compile(require_backend):
     def run(*t):
         return inter_task_attention(*t, backend="triton")
 
-    compiled = torch.compile(run, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager")
+    compiled = torch.compile(
+        run, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager"
+    )
     y = compiled(*inputs)
     grads = torch.autograd.grad((y * grad.to(device)).sum(), inputs)
     y_eager = run(*inputs)
@@ -126,15 +138,37 @@ def test_kernels_compile_for_h100(sm90_compiler, dtype):
     """The four kernels build for sm_90 at the target's block sizes (C >= 64, 3 x 3 conv)."""
     from hermes.kernels import inter_task_attention as K
 
-    types = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "w_ptr": "*fp32", "bias_ptr": "*fp32",
-             "pooled_ptr": "*fp32", "cnt_ptr": "*fp32", "a_ptr": "*fp32", "y_ptr": f"*{dtype}",
-             "dy_ptr": f"*{dtype}", "dz_ptr": "*fp32", "dwb_ptr": "*fp32", "dx_ptr": f"*{dtype}",
-             "dg_ptr": "*fp32", "C": "i32", "H": "i32", "W": "i32", "HW": "i32"}
+    types = {
+        "x_ptr": f"*{dtype}",
+        "g_ptr": f"*{dtype}",
+        "w_ptr": "*fp32",
+        "bias_ptr": "*fp32",
+        "pooled_ptr": "*fp32",
+        "cnt_ptr": "*fp32",
+        "a_ptr": "*fp32",
+        "y_ptr": f"*{dtype}",
+        "dy_ptr": f"*{dtype}",
+        "dz_ptr": "*fp32",
+        "dwb_ptr": "*fp32",
+        "dx_ptr": f"*{dtype}",
+        "dg_ptr": "*fp32",
+        "C": "i32",
+        "H": "i32",
+        "W": "i32",
+        "HW": "i32",
+    }
     block_c, block_p = K.block_sizes(64, 56 * 56)
-    for kernel in (K.ias_pool_kernel, K.ias_apply_kernel, K.ias_bwd_gate_kernel,
-                   K.ias_bwd_feature_kernel):
-        const = {k: v for k, v in dict(KSIZE=3, BLOCK_C=block_c, BLOCK_P=block_p).items()
-                 if k in kernel.arg_names}
+    for kernel in (
+        K.ias_pool_kernel,
+        K.ias_apply_kernel,
+        K.ias_bwd_gate_kernel,
+        K.ias_bwd_feature_kernel,
+    ):
+        const = {
+            k: v
+            for k, v in dict(KSIZE=3, BLOCK_C=block_c, BLOCK_P=block_p).items()
+            if k in kernel.arg_names
+        }
         sig = {k: v for k, v in types.items() if k in kernel.arg_names}
         sm90_compiler("hermes.kernels.inter_task_attention", kernel.__name__, sig, const)
 

@@ -28,9 +28,18 @@ def _features(n: int, d: int, seed: int) -> torch.Tensor:
 
 
 def supcon_loop(
-    a, y, b=None, yb=None, *, t=0.07, bt=0.07, weights=None, denominator="all", self_offset=None,
+    a,
+    y,
+    b=None,
+    yb=None,
+    *,
+    t=0.07,
+    bt=0.07,
+    weights=None,
+    denominator="all",
+    self_offset=None,
     reduction="mean",
-):  # fmt: skip
+):
     """Per-anchor, per-pair SupCon in plain Python arithmetic on tensor scalars."""
     if b is None:
         b, yb, self_offset = a, y, 0
@@ -226,8 +235,11 @@ def test_dual_threshold_by_hand() -> None:
     assert s.histogram.tolist() == [3, 2]
     conf_ok = [conf[i] > tau[labels[i]] for i in range(5)]
     cert_ok = [ent[i] < eta for i in range(5)]
-    for name, hits in (("kept_confident", conf_ok), ("kept_certain", cert_ok),
-                       ("kept_reliable", reliable)):  # fmt: skip
+    for name, hits in (
+        ("kept_confident", conf_ok),
+        ("kept_certain", cert_ok),
+        ("kept_reliable", reliable),
+    ):
         expected = [
             sum(h for h, lab in zip(hits, labels, strict=True) if lab == c) / labels.count(c)
             for c in range(2)
@@ -249,8 +261,15 @@ def test_dual_threshold_per_pixel_equals_per_sample() -> None:
 
 
 def test_dual_threshold_absent_class_valid_nonfinite_hook() -> None:
-    logits = torch.tensor([[5.0, 0.0, 0.0], [4.0, 0.0, 0.0], [float("nan"), 0.0, 0.0],
-                           [0.0, 6.0, 0.0], [0.0, float("inf"), 0.0]])  # fmt: skip
+    logits = torch.tensor(
+        [
+            [5.0, 0.0, 0.0],
+            [4.0, 0.0, 0.0],
+            [float("nan"), 0.0, 0.0],
+            [0.0, 6.0, 0.0],
+            [0.0, float("inf"), 0.0],
+        ]
+    )
     valid = torch.tensor([True, True, True, True, False])
     out = dual_threshold_reference(logits, eta=10.0, valid=valid)
     # counted: rows 0, 1 (class 0) and row 3 (class 1); row 2 non-finite, row 4 invalid
@@ -287,8 +306,9 @@ def test_inter_task_attention_by_hand() -> None:
     out = inter_task_attention_reference(x, gate, weight, bias)
     expected = torch.empty_like(x)
     for n in range(b):
-        gated = [[[gate[n, ch] * x[n, ch, i, j] for j in range(w)] for i in range(h)]
-                 for ch in range(c)]  # fmt: skip
+        gated = [
+            [[gate[n, ch] * x[n, ch, i, j] for j in range(w)] for i in range(h)] for ch in range(c)
+        ]
         mx = [[max(gated[ch][i][j] for ch in range(c)) for j in range(w)] for i in range(h)]
         mean = [[sum(gated[ch][i][j] for ch in range(c)) / c for j in range(w)] for i in range(h)]
         for i in range(h):

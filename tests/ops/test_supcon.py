@@ -51,9 +51,15 @@ def _run(fn, a, y, b, yb, w, r, dtype, device, **kw):
 
 def _dispatch_inputs(a, y, b, yb, w, **kw):
     return dict(
-        anchors=a, labels=y, contrasts=b, contrast_labels=yb, weights=w,
-        temperature=kw.get("temperature", 0.07), base_temperature=kw.get("base_temperature", 0.07),
-        denominator=kw.get("denominator", "all"), reduction="none",
+        anchors=a,
+        labels=y,
+        contrasts=b,
+        contrast_labels=yb,
+        weights=w,
+        temperature=kw.get("temperature", 0.07),
+        base_temperature=kw.get("base_temperature", 0.07),
+        denominator=kw.get("denominator", "all"),
+        reduction="none",
         self_offset=kw.get("self_offset"),
     )
 
@@ -74,8 +80,10 @@ def _compare(fast_backend, require_backend, check, case, dtype, denominator, **e
         lambda *t, **k: supcon_loss(*t, backend=name, **k), a, y, b, yb, w, r, dtype, device, **kw
     )
     ref = _run(supcon_loss_reference, a, y, b, yb, w, r, torch.float32, "cpu", **kw)
-    ref_dt = ref if dtype == torch.float32 else _run(
-        supcon_loss_reference, a, y, b, yb, w, r, dtype, "cpu", **kw
+    ref_dt = (
+        ref
+        if dtype == torch.float32
+        else _run(supcon_loss_reference, a, y, b, yb, w, r, dtype, "cpu", **kw)
     )
     assert per.dtype == torch.float32 and per.shape == (n,)
     check(per, ref[0], ref_dt[0], dtype, "forward", "loss per anchor")
@@ -101,8 +109,15 @@ def test_matches_reference_half(fast_backend, require_backend, check, case, dtyp
 
 def test_arbitrary_int64_labels(fast_backend, require_backend, check):
     """Labels need not be small or contiguous (one huge class id per sample, as in SimCLR)."""
-    _compare(fast_backend, require_backend, check, (19, 31, 16, 3, 2), torch.float32, "all",
-             label_base=10**12)
+    _compare(
+        fast_backend,
+        require_backend,
+        check,
+        (19, 31, 16, 3, 2),
+        torch.float32,
+        "all",
+        label_base=10**12,
+    )
 
 
 EDGE = ["no_positive", "absent_class", "one_class", "zero_weights", "nan"]
@@ -140,8 +155,18 @@ def test_edge_cases(fast_backend, require_backend, check, edge, denominator):
         check(got, want, None, torch.float32, "forward", f"{edge} {reduction}")
     if edge != "nan":
         r = torch.randn(n, generator=g)
-        got = _run(lambda *t, **k: supcon_loss(*t, backend=name, **k), a, y, b, yb, w, r,
-                   torch.float32, device, **kw)
+        got = _run(
+            lambda *t, **k: supcon_loss(*t, backend=name, **k),
+            a,
+            y,
+            b,
+            yb,
+            w,
+            r,
+            torch.float32,
+            device,
+            **kw,
+        )
         want = _run(supcon_loss_reference, a, y, b, yb, w, r, torch.float32, "cpu", **kw)
         for x, z, what in zip(got[2], want[2], ("anchors", "contrasts", "weights"), strict=True):
             check(x, z, None, torch.float32, "grad", f"{edge} grad {what}")
@@ -154,8 +179,11 @@ def test_supcon_module(fast_backend, require_backend, check, contrast_mode):
     g = torch.Generator().manual_seed(2)
     feats = F.normalize(torch.randn(9, 2, 16, generator=g), dim=-1)
     labels = torch.randint(0, 3, (9,), generator=g)
-    require_backend("supcon_loss", name, _dispatch_inputs(feats[:, 0].to(device), labels.to(device),
-                                                          None, None, None))
+    require_backend(
+        "supcon_loss",
+        name,
+        _dispatch_inputs(feats[:, 0].to(device), labels.to(device), None, None, None),
+    )
     out = {}
     for backend, dev in ((name, device), ("torch", torch.device("cpu"))):
         f = feats.to(dev).requires_grad_()
@@ -189,8 +217,16 @@ def test_triton_custom_ops_trace_under_compile(require_backend):
     )
     fn = torch.compile(
         lambda a, b: triton_supcon.supcon_loss(
-            a, y, b, yb, temperature=0.1, base_temperature=0.07, weights=None,
-            denominator="pos_plus_neg", reduction="mean", self_offset=2,
+            a,
+            y,
+            b,
+            yb,
+            temperature=0.1,
+            base_temperature=0.07,
+            weights=None,
+            denominator="pos_plus_neg",
+            reduction="mean",
+            self_offset=2,
         ),
         fullgraph=True,
         backend="inductor" if device.type == "cuda" else "aot_eager",
@@ -230,16 +266,34 @@ def test_kernels_compile_for_h100(sm90_compiler, dtype, pos_plus_neg):
     """The three kernels build for sm_90 on the tensor-core path, within shared memory."""
     from hermes.kernels import supcon as K
 
-    rows = {"a_ptr": f"*{dtype}", "ya_ptr": "*i64", "b_ptr": f"*{dtype}", "yb_ptr": "*i64",
-            "lse_ptr": "*fp32", "N": "i32", "M": "i32", "D": "i32", "inv_t": "fp32",
-            "self_offset": "i32"}
+    rows = {
+        "a_ptr": f"*{dtype}",
+        "ya_ptr": "*i64",
+        "b_ptr": f"*{dtype}",
+        "yb_ptr": "*i64",
+        "lse_ptr": "*fp32",
+        "N": "i32",
+        "M": "i32",
+        "D": "i32",
+        "inv_t": "fp32",
+        "self_offset": "i32",
+    }
     fwd = {**rows, "sp_ptr": "*fp32", "sig_ptr": "*fp32"}
     bwd = {**rows, "c_ptr": "*fp32", "g_ptr": "*fp32", "da_ptr": "*fp32", "db_ptr": "*fp32"}
     block_n, block_m, block_d = K.block_sizes(128)
-    const = dict(HAS_SELF=True, POS_PLUS_NEG=pos_plus_neg, F32_DOT=False,
-                 BLOCK_N=block_n, BLOCK_M=block_m, BLOCK_D=block_d)
-    for kernel, sig in ((K.supcon_fwd_kernel, fwd), (K.supcon_bwd_anchor_kernel, bwd),
-                        (K.supcon_bwd_contrast_kernel, bwd)):
+    const = dict(
+        HAS_SELF=True,
+        POS_PLUS_NEG=pos_plus_neg,
+        F32_DOT=False,
+        BLOCK_N=block_n,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+    )
+    for kernel, sig in (
+        (K.supcon_fwd_kernel, fwd),
+        (K.supcon_bwd_anchor_kernel, bwd),
+        (K.supcon_bwd_contrast_kernel, bwd),
+    ):
         sig = {k: v for k, v in sig.items() if k in kernel.arg_names}
         compiled = sm90_compiler("hermes.kernels.supcon", kernel.__name__, sig, const)
         assert 0 < compiled["shared"] <= 227 * 1024
@@ -272,10 +326,13 @@ def test_nonfinite_features_give_nan(any_backend, require_backend, value, where,
     per = supcon_loss(*dev, denominator=denominator, reduction="none", backend=name).cpu()
     mean = supcon_loss(*dev, denominator=denominator, backend=name).cpu()
     clean = supcon_loss_reference(
-        torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), y,
-        None if b is None else torch.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0), yb,
-        denominator=denominator, reduction="none",
-    )  # fmt: skip
+        torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0),
+        y,
+        None if b is None else torch.nan_to_num(b, nan=0.0, posinf=0.0, neginf=0.0),
+        yb,
+        denominator=denominator,
+        reduction="none",
+    )
     assert torch.equal(torch.isnan(per), bad), f"{name}: {per.tolist()}"
     torch.testing.assert_close(per[~bad], clean[~bad], rtol=1e-5, atol=1e-5)
     assert torch.isnan(mean)
@@ -294,8 +351,18 @@ def test_empty_inputs(any_backend, require_backend, case, denominator):
     kw = dict(denominator=denominator)
     dev = [None if t is None else t.to(device) for t in (a, y, b, yb, w)]
     require_backend("supcon_loss", name, _dispatch_inputs(*dev, **kw))
-    got = _run(lambda *t, **k: supcon_loss(*t, backend=name, **k), a, y, b, yb, w, r,
-               torch.float32, device, **kw)  # fmt: skip
+    got = _run(
+        lambda *t, **k: supcon_loss(*t, backend=name, **k),
+        a,
+        y,
+        b,
+        yb,
+        w,
+        r,
+        torch.float32,
+        device,
+        **kw,
+    )
     want = _run(supcon_loss_reference, a, y, b, yb, w, r, torch.float32, "cpu", **kw)
     assert got[0].shape == (n,) and got[1].shape == ()
     for x, z in zip((got[0], got[1], *got[2]), (want[0], want[1], *want[2]), strict=True):

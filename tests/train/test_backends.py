@@ -16,12 +16,22 @@ import pytest
 from hermes.ops import dispatch
 from hermes.train import load_config, train
 
-LOSS_KEYS = ("loss/total", "loss/ce_l", "loss/seg_sup", "loss/ce_u", "loss/dice_u",
-             "loss/contrast_img", "loss/contrast_pix", "loss/itc")  # fmt: skip
+LOSS_KEYS = (
+    "loss/total",
+    "loss/ce_l",
+    "loss/seg_sup",
+    "loss/ce_u",
+    "loss/dice_u",
+    "loss/contrast_img",
+    "loss/contrast_pix",
+    "loss/itc",
+)
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpp"])
-def test_method_trains_with_backend(backend: str, tiny_overrides: list[str], tmp_path: Path) -> None:
+def test_method_trains_with_backend(
+    backend: str, tiny_overrides: list[str], tmp_path: Path
+) -> None:
     unavailable = dispatch.available()["supcon_loss"][backend]
     if unavailable != "registered":
         pytest.skip(f"backend {backend!r} unavailable: {unavailable}")
@@ -33,8 +43,12 @@ def test_method_trains_with_backend(backend: str, tiny_overrides: list[str], tmp
         for key in LOSS_KEYS:
             assert math.isfinite(b[key]), (backend, a["step"], key, b[key])
             assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-5), (
-                backend, a["step"], key, a[key], b[key],
-            )  # fmt: skip
+                backend,
+                a["step"],
+                key,
+                a[key],
+                b[key],
+            )
             if b[key] != 0:
                 active.add(key)
     # the fused ops were really on the path: the contrastive terms were computed
@@ -59,5 +73,6 @@ def test_backend_is_an_argument_not_the_environment(
         attention = [m for m in comps.model.modules() if isinstance(m, InterTaskAttention)]
         assert attention and all(m.backend == forced for m in attention)
     with pytest.raises(ValueError, match="model.backend.*backend"):
-        build_everything(load_config("default", [*tiny_overrides, "backend=torch",
-                                                 "model.backend=cpp"]))  # fmt: skip
+        build_everything(
+            load_config("default", [*tiny_overrides, "backend=torch", "model.backend=cpp"])
+        )

@@ -36,8 +36,11 @@ def test_checkpoints_written_with_numpy_state_still_load(tmp_path: Path) -> None
     """Checkpoints made before the RNG state became plain hold numpy's own tuple."""
     np.random.seed(5)
     path = tmp_path / "old.pt"
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-             "python": random.getstate()}  # fmt: skip
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
     atomic_save({"format": FORMAT_VERSION, "rng": state}, path)
     expected = _draws()
     set_rng_state(load_checkpoint(path)["rng"])

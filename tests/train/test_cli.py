@@ -85,9 +85,13 @@ def interrupted(tmp_path_factory: pytest.TempPathFactory, tiny_settings: list[st
     assert straight.returncode == 0, straight.stderr
 
     proc = subprocess.Popen(
-        [*TRAIN, "--out", str(root / "cut"), *common], cwd=REPO, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [*TRAIN, "--out", str(root / "cut"), *common],
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     for line in proc.stderr:  # wait until training is under way (the evaluation at step 2)
         seen.append(line)
@@ -129,6 +133,8 @@ def test_interrupted_and_resumed_run_is_bit_identical(interrupted: dict) -> None
     assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
     # every logged value, step by step (repr tells every float apart, and NaN equals NaN)
     assert json.dumps(a["history"]) == json.dumps(b["history"])
-    final = [json.loads((root / r / "hermes" / "report" / "metrics.json").read_text())["final"]
-             for r in ("straight", "cut")]  # fmt: skip
+    final = [
+        json.loads((root / r / "hermes" / "report" / "metrics.json").read_text())["final"]
+        for r in ("straight", "cut")
+    ]
     assert final[0] == final[1]

@@ -24,9 +24,14 @@ def test_presets_load_and_differ() -> None:
 def test_overrides_nested_and_typed(tmp_path: Path) -> None:
     cfg = load_config(
         "default",
-        ["optim.steps=100", "method.weights.contrast_img=0.0", "data.classes=[benign, malignant]",
-         "model.cls_widths=[8, 8, 16, 16]", ("data.root", "/some/where")],
-    )  # fmt: skip
+        [
+            "optim.steps=100",
+            "method.weights.contrast_img=0.0",
+            "data.classes=[benign, malignant]",
+            "model.cls_widths=[8, 8, 16, 16]",
+            ("data.root", "/some/where"),
+        ],
+    )
     assert cfg.optim.steps == 100 and cfg.method.weights.contrast_img == 0.0
     assert cfg.model.cls_widths == (8, 8, 16, 16) and cfg.data.root == "/some/where"
     assert isinstance(cfg.optim.cls_lr, float)
@@ -93,8 +98,13 @@ def test_cls_optimizer_choice_builds_adamw() -> None:
 def test_warmup_epochs_count_the_named_loader(tiny_overrides: list[str]) -> None:
     from hermes.train.build import build_everything
 
-    base = [*tiny_overrides, "data.labeled=8", "data.batch_size=4", "data.unlabeled_batch_size=1",
-            "warmup_epochs=2"]  # fmt: skip
+    base = [
+        *tiny_overrides,
+        "data.labeled=8",
+        "data.batch_size=4",
+        "data.unlabeled_batch_size=1",
+        "warmup_epochs=2",
+    ]
     labeled = build_everything(load_config("default", base))
     unlabeled = build_everything(load_config("default", [*base, "warmup_epochs_of=unlabeled"]))
     n_lab, n_unl = len(labeled.data.labeled), len(unlabeled.data.unlabeled)

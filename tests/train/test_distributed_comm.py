@@ -52,8 +52,12 @@ def _contrast_loss_local(net, strong, weak, labels, weights, comm) -> torch.Tens
     contrasts = comm.all_gather(anchors)
     contrast_labels = comm.all_gather(anchor_labels)
     per_anchor = supcon_loss(
-        anchors, anchor_labels, contrasts, contrast_labels,
-        weights=weights.repeat(2), reduction="none",
+        anchors,
+        anchor_labels,
+        contrasts,
+        contrast_labels,
+        weights=weights.repeat(2),
+        reduction="none",
         self_offset=comm.offset(anchors.shape[0]),
     )
     counts = torch.bincount(contrast_labels, minlength=CLASSES)
@@ -165,8 +169,14 @@ def test_dual_threshold_global_thresholds_and_stats(ranks, key):
         assert torch.equal(out.reliable, single.reliable[rows])
         assert torch.equal(out.labels, single.labels[rows])
         stats = r[f"{key}_global_stats"]
-        for field in ("histogram", "kept_confident", "kept_certain", "kept_reliable",
-                      "mean_confidence", "mean_entropy"):
+        for field in (
+            "histogram",
+            "kept_confident",
+            "kept_certain",
+            "kept_reliable",
+            "mean_confidence",
+            "mean_entropy",
+        ):
             torch.testing.assert_close(getattr(stats, field), getattr(single.stats, field))
 
 

@@ -96,8 +96,12 @@ def test_branch_optimizer_state_dict_round_trip():
 def test_branch_optimizer_adamw_group_is_torch_adamw():
     m, ref = _toy(), _toy()
     groups = branch_param_groups(m["cls"], m["seg"], cls_lr=CLS_LR, seg_lr=SEG_LR)
-    groups[0] = {"params": groups[0]["params"], "algorithm": "adamw", "lr": CLS_LR,
-                 "weight_decay": 0.01}  # fmt: skip
+    groups[0] = {
+        "params": groups[0]["params"],
+        "algorithm": "adamw",
+        "lr": CLS_LR,
+        "weight_decay": 0.01,
+    }
     opt = BranchOptimizer(groups)
     opts = [
         torch.optim.AdamW(ref["cls"].parameters(), lr=CLS_LR, weight_decay=0.01),
@@ -155,9 +159,13 @@ def _method_banks(rank: int) -> dict[str, torch.Tensor]:
 
     cfg = load_config("default", [])
     method_cfg = replace(
-        cfg.method, warmup_steps=0, tau_max=0.0, tau_min=0.0, eta_start=1.0,
+        cfg.method,
+        warmup_steps=0,
+        tau_max=0.0,
+        tau_min=0.0,
+        eta_start=1.0,
         memory=MemoryBankConfig(image=True, pixel=True, size=8),
-    )  # fmt: skip
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model)
     method = HermesMethod(model, method_cfg, comm=TorchDistComm())
@@ -171,10 +179,13 @@ def _method_banks(rank: int) -> dict[str, torch.Tensor]:
             "label": torch.tensor([0, 1]),
             "id": ["a", "b"],
         }
-        unlabeled = {"weak": torch.randn(2, 3, 64, 64, generator=g),
-                     "strong": torch.randn(2, 3, 64, 64, generator=g),
-                     "mask": torch.randint(0, 2, (2, 64, 64), generator=g),
-                     "label": torch.tensor([1, 0]), "id": ["c", "d"]}  # fmt: skip
+        unlabeled = {
+            "weak": torch.randn(2, 3, 64, 64, generator=g),
+            "strong": torch.randn(2, 3, 64, 64, generator=g),
+            "mask": torch.randint(0, 2, (2, 64, 64), generator=g),
+            "label": torch.tensor([1, 0]),
+            "id": ["c", "d"],
+        }
         loss, _ = engine(labeled, unlabeled, step=step, total_steps=10)
         engine.backward(loss)
         engine.step()
@@ -193,22 +204,37 @@ def _baselines(rank: int) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for mode in ("mean_teacher", "fixmatch"):
         torch.manual_seed(0)
-        model = build_model(ModelConfig(
-            preset="small", cls_widths=(8, 8, 16, 16), cls_stem_width=8, seg_widths=(8, 8, 16, 16),
-            seg_stem_width=8, decoder_channels=(16, 8, 8, 8, 8), embed_dim=16, proj_hidden=16,
-            proj_dim=8, consistency_dim=8, image_size=32, decoder_dropout=0.0,
-        ))  # fmt: skip
+        model = build_model(
+            ModelConfig(
+                preset="small",
+                cls_widths=(8, 8, 16, 16),
+                cls_stem_width=8,
+                seg_widths=(8, 8, 16, 16),
+                seg_stem_width=8,
+                decoder_channels=(16, 8, 8, 8, 8),
+                embed_dim=16,
+                proj_hidden=16,
+                proj_dim=8,
+                consistency_dim=8,
+                image_size=32,
+                decoder_dropout=0.0,
+            )
+        )
         initial = {k: v.clone() for k, v in model.state_dict().items()}
         method = build_method(model, MethodConfig(mode=mode), comm=TorchDistComm())
         ds = load_deepspeed_config("zero2", micro_batch=2, grad_clip=None, use_gpu=False)
         engine = build_engine(method, model.cls, model.seg, OptimConfig(steps=100), ds)
         g = torch.Generator().manual_seed(20 + rank)
         for step in range(3 if mode == "mean_teacher" else 1):
-            labeled = {"image": torch.randn(2, 3, 32, 32, generator=g),
-                       "mask": torch.randint(0, 2, (2, 32, 32), generator=g),
-                       "label": torch.tensor([0, 1])}  # fmt: skip
-            unlabeled = {"weak": torch.randn(2, 3, 32, 32, generator=g),
-                         "strong": torch.randn(2, 3, 32, 32, generator=g)}  # fmt: skip
+            labeled = {
+                "image": torch.randn(2, 3, 32, 32, generator=g),
+                "mask": torch.randint(0, 2, (2, 32, 32), generator=g),
+                "label": torch.tensor([0, 1]),
+            }
+            unlabeled = {
+                "weak": torch.randn(2, 3, 32, 32, generator=g),
+                "strong": torch.randn(2, 3, 32, 32, generator=g),
+            }
             loss, _ = engine(labeled, unlabeled, step=step, total_steps=10)
             engine.backward(loss)
             engine.step()
@@ -284,8 +310,11 @@ def test_mean_teacher_identical_on_every_rank(ranks):
             assert torch.equal(a[key], b[key]), key
     assert all(torch.isfinite(a[k]).all() for k in a if "/loss" in k)
     # the teacher moved (two EMA updates) and is not the student
-    moved = [k for k in teacher if "weight" in k
-             and not torch.equal(a[k], a[f"initial/{k.split('teacher.', 1)[1]}"])]  # fmt: skip
+    moved = [
+        k
+        for k in teacher
+        if "weight" in k and not torch.equal(a[k], a[f"initial/{k.split('teacher.', 1)[1]}"])
+    ]
     assert moved
     assert any(not torch.equal(a[k], a[k.replace("/teacher.", "/model.")]) for k in moved)
 
@@ -297,5 +326,6 @@ def test_mean_teacher_refuses_zero3_before_any_worker_starts():
     with pytest.raises(ValueError, match="method.mode.*stage 3"):
         check_method("mean_teacher", zero3)
     check_method("fixmatch", zero3)
-    check_method("mean_teacher", load_deepspeed_config("zero2", micro_batch=2, grad_clip=None,
-                                                       use_gpu=False))  # fmt: skip
+    check_method(
+        "mean_teacher", load_deepspeed_config("zero2", micro_batch=2, grad_clip=None, use_gpu=False)
+    )

@@ -39,12 +39,31 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS = 6
 TINY = [
-    "--set", "distributed.workers=2", "--set", "distributed.max_failures=2",
-    "--set", f"optim.steps={STEPS}", "--set", "checkpoint_every=2", "--set", "eval.every=0",
-    "--set", "data.phantom_size=48", "--set", "data.labeled=16", "--set", "data.image_size=64",
-    "--set", "method.warmup_steps=0", "--set", "progress=false", "--set", "threads=1",
-    "--baseline", "none",
-]  # fmt: skip
+    "--set",
+    "distributed.workers=2",
+    "--set",
+    "distributed.max_failures=2",
+    "--set",
+    f"optim.steps={STEPS}",
+    "--set",
+    "checkpoint_every=2",
+    "--set",
+    "eval.every=0",
+    "--set",
+    "data.phantom_size=48",
+    "--set",
+    "data.labeled=16",
+    "--set",
+    "data.image_size=64",
+    "--set",
+    "method.warmup_steps=0",
+    "--set",
+    "progress=false",
+    "--set",
+    "threads=1",
+    "--baseline",
+    "none",
+]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -82,14 +101,36 @@ class Head:
             RAY_AUTH_MODE="disabled",  # a throwaway local cluster: no token
         )
         cmd = [
-            str(BIN / "ray"), "start", "--head", "--block", "--num-cpus", "2",
-            "--temp-dir", str(self.tmp / "ray"), "--port", str(gcs),
-            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-            "--ray-client-server-port", str(client), "--node-manager-port", str(node),
-            "--object-manager-port", str(obj), "--dashboard-agent-listen-port", str(agent),
-            "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
-            "--runtime-env-agent-port", str(rt_env), "--disable-usage-stats",
-        ]  # fmt: skip
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--temp-dir",
+            str(self.tmp / "ray"),
+            "--port",
+            str(gcs),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(dash),
+            "--ray-client-server-port",
+            str(client),
+            "--node-manager-port",
+            str(node),
+            "--object-manager-port",
+            str(obj),
+            "--dashboard-agent-listen-port",
+            str(agent),
+            "--dashboard-agent-grpc-port",
+            str(agent_grpc),
+            "--metrics-export-port",
+            str(metrics),
+            "--runtime-env-agent-port",
+            str(rt_env),
+            "--disable-usage-stats",
+        ]
         self.log = open(self.tmp / "head.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -122,19 +163,46 @@ class Head:
         ray = str(BIN / "ray")
         runtime_env = json.dumps({"env_vars": env_vars})
         subprocess.run(
-            [ray, "job", "submit", "--address", self.dashboard, "--submission-id", job_id,
-             "--working-dir", str(ROOT), "--runtime-env-json", runtime_env, "--",
-             "python", "-m", "hermes.train", *args],
-            env=self.env, capture_output=True, text=True, timeout=900, check=False,
-        )  # fmt: skip
+            [
+                ray,
+                "job",
+                "submit",
+                "--address",
+                self.dashboard,
+                "--submission-id",
+                job_id,
+                "--working-dir",
+                str(ROOT),
+                "--runtime-env-json",
+                runtime_env,
+                "--",
+                "python",
+                "-m",
+                "hermes.train",
+                *args,
+            ],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
         status = subprocess.run(
             [ray, "job", "status", "--address", self.dashboard, job_id],
-            env=self.env, capture_output=True, text=True, timeout=120, check=False,
-        )  # fmt: skip
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         logs = subprocess.run(
             [ray, "job", "logs", "--address", self.dashboard, job_id],
-            env=self.env, capture_output=True, text=True, timeout=120, check=False,
-        ).stdout  # fmt: skip
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        ).stdout
         assert f"Job '{job_id}' succeeded" in status.stdout, (
             f"{status.stdout}\n{status.stderr}\n{logs[-6000:]}"
         )

@@ -13,8 +13,16 @@ import torch
 from hermes.train import BatchStream, load_config, train
 from hermes.train.checkpoint import atomic_save
 
-LOSS_KEYS = ("loss/total", "loss/ce_l", "loss/seg_sup", "loss/ce_u", "loss/dice_u",
-             "loss/contrast_img", "loss/contrast_pix", "loss/itc")  # fmt: skip
+LOSS_KEYS = (
+    "loss/total",
+    "loss/ce_l",
+    "loss/seg_sup",
+    "loss/ce_u",
+    "loss/dice_u",
+    "loss/contrast_img",
+    "loss/contrast_pix",
+    "loss/itc",
+)
 
 
 @pytest.mark.parametrize("mode", ["hermes", "mean_teacher", "fixmatch"])
@@ -34,8 +42,11 @@ def test_resume_is_exact(tiny_overrides: list[str], tmp_path: Path, mode: str) -
         assert set(LOSS_KEYS) <= set(keys) or mode != "hermes"
         for key in keys:
             assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), (
-                a["step"], key, a[key], b[key]
-            )  # fmt: skip
+                a["step"],
+                key,
+                a[key],
+                b[key],
+            )
     assert full.metrics == resumed.metrics
     # the networks end identical too; checkpoints hold tensors and plain values only
     sa = torch.load(full.checkpoint, weights_only=True)["method"]
@@ -70,8 +81,16 @@ def test_run_writes_checkpoints_tensorboard_and_report(
         assert (report / name).is_file(), name
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["steps"] == 4 and len(metrics["evals"]) == 2
-    for key in ("dice_lesion", "iou_lesion", "dice_mean", "iou_mean", "accuracy", "sensitivity",
-                "specificity", "auc"):  # fmt: skip
+    for key in (
+        "dice_lesion",
+        "iou_lesion",
+        "dice_mean",
+        "iou_mean",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "auc",
+    ):
         assert key in metrics["final"]
     assert 0.0 <= result.metrics["dice_lesion"] <= 1.0
     # dual-threshold statistics logged every step

@@ -39,9 +39,21 @@ def test_experiment_runner_trains_the_baselines(
 ) -> None:
     monkeypatch.chdir(ROOT)
     out = tmp_path / "exp"
-    argv = ["--dataset", "phantom", "--config", "hermes/configs/experiments/phantom_cpu.yaml",
-            "--budgets", "8", "--seeds", "0", "--variants", "mean_teacher", "fixmatch",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "--dataset",
+        "phantom",
+        "--config",
+        "hermes/configs/experiments/phantom_cpu.yaml",
+        "--budgets",
+        "8",
+        "--seeds",
+        "0",
+        "--variants",
+        "mean_teacher",
+        "fixmatch",
+        "--out",
+        str(out),
+    ]
     for item in [*tiny_overrides, "optim.steps=2", "eval.every=0", "threads=1"]:
         if not item.startswith(("out_dir=", "data.labeled=")):  # the runner sets these
             argv += ["--set", item]

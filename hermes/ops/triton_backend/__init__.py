@@ -10,9 +10,7 @@ from __future__ import annotations
 from hermes.ops import dispatch
 from hermes.ops.triton_backend import dual_threshold, inter_task_attention, supcon
 
-dispatch.register(
-    "supcon_loss", "triton", supcon.supcon_loss, supcon.not_supported_reasons
-)
+dispatch.register("supcon_loss", "triton", supcon.supcon_loss, supcon.not_supported_reasons)
 dispatch.register(
     "dual_threshold", "triton", dual_threshold.dual_threshold, dual_threshold.not_supported_reasons
 )

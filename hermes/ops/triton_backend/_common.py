@@ -32,4 +32,6 @@ def device_reasons(*tensors: Tensor | None) -> list[str]:
 def dtype_reasons(name: str, t: Tensor, allowed: tuple[torch.dtype, ...]) -> list[str]:
     if t.dtype in allowed:
         return []
-    return [f"{name} dtype {t.dtype} is not supported (expected one of {', '.join(map(str, allowed))})"]
+    return [
+        f"{name} dtype {t.dtype} is not supported (expected one of {', '.join(map(str, allowed))})"
+    ]

@@ -42,8 +42,19 @@ def pass1(logits: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor,
     if e > 0:
         block_e, block_c = K.block_sizes(c)
         K.dual_threshold_pass1_kernel[(_cdiv(e, block_e),)](
-            logits, valid, labels, conf, ent, hist, e, c, s, ENTROPY_EPS,
-            HAS_VALID=valid is not None, BLOCK_E=block_e, BLOCK_C=block_c,
+            logits,
+            valid,
+            labels,
+            conf,
+            ent,
+            hist,
+            e,
+            c,
+            s,
+            ENTROPY_EPS,
+            HAS_VALID=valid is not None,
+            BLOCK_E=block_e,
+            BLOCK_C=block_c,
         )
     return labels, conf, ent, hist
 
@@ -80,8 +91,20 @@ def pass2(
     if e > 0:
         block_e, block_c = K.block_sizes(c)
         K.dual_threshold_pass2_kernel[(_cdiv(e, block_e),)](
-            labels, confidence, entropy, valid, thresholds, eta, reliable, kept, sums, e, c,
-            HAS_VALID=valid is not None, BLOCK_E=block_e, BLOCK_C=block_c,
+            labels,
+            confidence,
+            entropy,
+            valid,
+            thresholds,
+            eta,
+            reliable,
+            kept,
+            sums,
+            e,
+            c,
+            HAS_VALID=valid is not None,
+            BLOCK_E=block_e,
+            BLOCK_C=block_c,
         )
     return reliable.view(torch.bool), kept, sums
 
@@ -131,8 +154,12 @@ def dual_threshold(
     )
     shape = (b, *spatial)
     return DualThresholdOutput(
-        labels.reshape(shape), conf.reshape(shape), ent.reshape(shape), reliable.reshape(shape),
-        thresholds, stats,
+        labels.reshape(shape),
+        conf.reshape(shape),
+        ent.reshape(shape),
+        reliable.reshape(shape),
+        thresholds,
+        stats,
     )
 
 

@@ -30,11 +30,23 @@ def ias_fwd(
     if y.numel() > 0:
         block_c, block_p = K.block_sizes(c, h * w)
         grid = (b, _cdiv(h * w, block_p))
-        K.ias_pool_kernel[grid](cls_feature, gate, pooled, cnt, c, h * w,
-                                BLOCK_C=block_c, BLOCK_P=block_p)
+        K.ias_pool_kernel[grid](
+            cls_feature, gate, pooled, cnt, c, h * w, BLOCK_C=block_c, BLOCK_P=block_p
+        )
         K.ias_apply_kernel[grid](
-            cls_feature, gate, spatial_weight, spatial_bias, pooled, a, y, c, h, w,
-            KSIZE=spatial_weight.shape[-1], BLOCK_C=block_c, BLOCK_P=block_p,
+            cls_feature,
+            gate,
+            spatial_weight,
+            spatial_bias,
+            pooled,
+            a,
+            y,
+            c,
+            h,
+            w,
+            KSIZE=spatial_weight.shape[-1],
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
         )
     return y, pooled, cnt, a
 
@@ -74,12 +86,37 @@ def ias_bwd(
     if dx.numel() > 0:
         grid = (b, n_blocks)
         K.ias_bwd_gate_kernel[grid](
-            grad_y, cls_feature, gate, pooled, a, dz, dwb, c, h, w,
-            KSIZE=k, BLOCK_C=block_c, BLOCK_P=block_p,
+            grad_y,
+            cls_feature,
+            gate,
+            pooled,
+            a,
+            dz,
+            dwb,
+            c,
+            h,
+            w,
+            KSIZE=k,
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
         )
         K.ias_bwd_feature_kernel[grid](
-            grad_y, cls_feature, gate, spatial_weight, pooled, cnt, a, dz, dx, dg, c, h, w,
-            KSIZE=k, BLOCK_C=block_c, BLOCK_P=block_p,
+            grad_y,
+            cls_feature,
+            gate,
+            spatial_weight,
+            pooled,
+            cnt,
+            a,
+            dz,
+            dx,
+            dg,
+            c,
+            h,
+            w,
+            KSIZE=k,
+            BLOCK_C=block_c,
+            BLOCK_P=block_p,
         )
     dwb = dwb.sum(dim=0)
     return (
@@ -121,7 +158,9 @@ def inter_task_attention(
 ) -> Tensor:
     """The Triton implementation behind :func:`hermes.ops.inter_task_attention` (same arguments)."""
     y, _, _, _ = ias_fwd(
-        cls_feature.contiguous(), gate.contiguous(), spatial_weight.contiguous(),
+        cls_feature.contiguous(),
+        gate.contiguous(),
+        spatial_weight.contiguous(),
         spatial_bias.contiguous(),
     )
     return y

@@ -89,11 +89,25 @@ def supcon_fwd(
     if n > 0:
         cfg = _launch_args(anchors)
         K.supcon_fwd_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
-            anchors, labels, contrasts, contrast_labels, lse, sp_sum, h,
-            n, m, d, 1.0 / temperature, self_offset,
-            HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg,
+            anchors,
+            labels,
+            contrasts,
+            contrast_labels,
+            lse,
+            sp_sum,
+            h,
+            n,
+            m,
+            d,
+            1.0 / temperature,
+            self_offset,
+            HAS_SELF=has_self,
+            POS_PLUS_NEG=pos_plus_neg,
+            **cfg,
         )
-    pos_feat, n_pos, *_ = _positives(anchors, labels, contrasts, contrast_labels, self_offset, has_self)
+    pos_feat, n_pos, *_ = _positives(
+        anchors, labels, contrasts, contrast_labels, self_offset, has_self
+    )
     denom = n_pos.clamp(min=1)
     if pos_plus_neg:
         loss = scale * sp_sum / denom
@@ -104,8 +118,17 @@ def supcon_fwd(
 
 
 @supcon_fwd.register_fake
-def _(anchors, labels, contrasts, contrast_labels, temperature, base_temperature, self_offset,
-      has_self, pos_plus_neg):
+def _(
+    anchors,
+    labels,
+    contrasts,
+    contrast_labels,
+    temperature,
+    base_temperature,
+    self_offset,
+    has_self,
+    pos_plus_neg,
+):
     n = anchors.shape[0]
     return tuple(anchors.new_empty((n,), dtype=torch.float32) for _ in range(4))
 
@@ -161,8 +184,21 @@ def supcon_bwd(
 
 
 @supcon_bwd.register_fake
-def _(grad_loss, anchors, labels, contrasts, contrast_labels, lse, n_pos, h, temperature,
-      base_temperature, self_offset, has_self, pos_plus_neg):
+def _(
+    grad_loss,
+    anchors,
+    labels,
+    contrasts,
+    contrast_labels,
+    lse,
+    n_pos,
+    h,
+    temperature,
+    base_temperature,
+    self_offset,
+    has_self,
+    pos_plus_neg,
+):
     return torch.empty_like(anchors), torch.empty_like(contrasts)
 
 
@@ -176,7 +212,14 @@ def _setup_context(ctx, inputs, output) -> None:
 def _backward(ctx, grad_loss, _grad_lse, _grad_npos, _grad_h):
     anchors, labels, contrasts, contrast_labels, lse, n_pos, h = ctx.saved_tensors
     da, db = supcon_bwd(
-        grad_loss.contiguous(), anchors, labels, contrasts, contrast_labels, lse, n_pos, h,
+        grad_loss.contiguous(),
+        anchors,
+        labels,
+        contrasts,
+        contrast_labels,
+        lse,
+        n_pos,
+        h,
         *ctx.scalars,
     )
     return da, None, db, None, None, None, None, None, None

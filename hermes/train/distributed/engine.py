@@ -125,12 +125,22 @@ def build_engine(
     avoid_shm_build()
     cls_group = {"momentum": optim_cfg.cls_momentum} if optim_cfg.cls_optimizer == "sgd" else {}
     groups = [
-        {"params": [p for p in cls_branch.parameters() if p.requires_grad],
-         "algorithm": optim_cfg.cls_optimizer, "lr": optim_cfg.cls_lr, **cls_group,
-         "weight_decay": optim_cfg.cls_weight_decay, "name": "cls"},
-        {"params": [p for p in seg_branch.parameters() if p.requires_grad], "algorithm": "adam",
-         "lr": optim_cfg.seg_lr, "weight_decay": optim_cfg.seg_weight_decay, "name": "seg"},
-    ]  # fmt: skip
+        {
+            "params": [p for p in cls_branch.parameters() if p.requires_grad],
+            "algorithm": optim_cfg.cls_optimizer,
+            "lr": optim_cfg.cls_lr,
+            **cls_group,
+            "weight_decay": optim_cfg.cls_weight_decay,
+            "name": "cls",
+        },
+        {
+            "params": [p for p in seg_branch.parameters() if p.requires_grad],
+            "algorithm": "adam",
+            "lr": optim_cfg.seg_lr,
+            "weight_decay": optim_cfg.seg_weight_decay,
+            "name": "seg",
+        },
+    ]
     optimizer = BranchOptimizer(groups)
     scheduler = LambdaLR(optimizer, lambda t: poly_factor(t, optim_cfg.steps, optim_cfg.poly_power))
     engine, _, _, _ = deepspeed.initialize(
@@ -142,8 +152,10 @@ def build_engine(
     )
     logger.info(
         "DeepSpeed engine: ZeRO stage %d, dtype %s, %d workers",
-        engine.zero_optimization_stage(), engine.get_data_types()[0], engine.dp_world_size,
-    )  # fmt: skip
+        engine.zero_optimization_stage(),
+        engine.get_data_types()[0],
+        engine.dp_world_size,
+    )
     return engine
 
 

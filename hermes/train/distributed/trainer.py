@@ -73,9 +73,11 @@ def train_on_ray(
             f"resume: {resume} is not a checkpoint of a distributed run (no deepspeed/ folder)"
         )
     ds_cfg = load_deepspeed_config(
-        dcfg.deepspeed_config, micro_batch=cfg.data.batch_size, grad_clip=cfg.optim.grad_clip,
+        dcfg.deepspeed_config,
+        micro_batch=cfg.data.batch_size,
+        grad_clip=cfg.optim.grad_clip,
         use_gpu=dcfg.use_gpu,
-    )  # fmt: skip
+    )
     check_method(cfg.method.mode, ds_cfg)  # before any worker starts
     check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
@@ -95,7 +97,7 @@ def train_on_ray(
             num_workers=dcfg.workers,
             use_gpu=dcfg.use_gpu,
             resources_per_worker={"CPU": dcfg.cpus_per_worker},
-        ),  # fmt: skip
+        ),
         run_config=RunConfig(
             name=cfg.name,
             storage_path=str(out / "ray"),
@@ -122,14 +124,20 @@ def _finish(cfg: TrainConfig, out: Path, model_path: Path, start: float, report:
     from hermes.train.report import write_run_report
 
     ckpt = load_checkpoint(model_path)
-    state = TrainState(step=int(ckpt["step"]), history=list(ckpt["history"]),
-                       evals=list(ckpt["evals"]))  # fmt: skip
+    state = TrainState(
+        step=int(ckpt["step"]), history=list(ckpt["history"]), evals=list(ckpt["evals"])
+    )
     final = None
     if state.step == cfg.optim.steps and report:
         model, _ = load_model(model_path)
         data = build_data(cfg.data)
-        final = evaluate(model, data.test, "cpu", max_batches=cfg.eval.max_batches,
-                         keep_images=cfg.eval.figure_images)  # fmt: skip
+        final = evaluate(
+            model,
+            data.test,
+            "cpu",
+            max_batches=cfg.eval.max_batches,
+            keep_images=cfg.eval.figure_images,
+        )
         state.evals.append({"step": float(state.step), **final.metrics})
     result = RunResult(cfg, out, state, final, model_path, time.perf_counter() - start)
     if final is not None:

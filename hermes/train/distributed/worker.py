@@ -82,8 +82,11 @@ def _log_to_stderr(rank: int) -> None:
     root = logging.getLogger("hermes")
     if not any(getattr(h, "_hermes_rank", None) == rank for h in root.handlers):
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter(
-            f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s [rank {rank}] %(name)s: %(message)s", datefmt="%H:%M:%S"
+            )
+        )
         handler._hermes_rank = rank  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -123,9 +126,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     comm = TorchDistComm()
     comps = build_everything(cfg, comm, device)
     ds_cfg = load_deepspeed_config(
-        cfg.distributed.deepspeed_config, micro_batch=cfg.data.batch_size,
-        grad_clip=cfg.optim.grad_clip, use_gpu=cfg.distributed.use_gpu,
-    )  # fmt: skip
+        cfg.distributed.deepspeed_config,
+        micro_batch=cfg.data.batch_size,
+        grad_clip=cfg.optim.grad_clip,
+        use_gpu=cfg.distributed.use_gpu,
+    )
     engine = build_engine(comps.method, comps.model.cls, comps.model.seg, cfg.optim, ds_cfg)
     dtype = engine_dtype(engine)
     streams = {
@@ -141,7 +146,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with source.as_directory() as folder:
             path, client = engine.load_checkpoint(str(Path(folder) / "deepspeed"))
             if path is None:
-                raise FileNotFoundError(f"no DeepSpeed checkpoint under {Path(folder) / 'deepspeed'}")
+                raise FileNotFoundError(
+                    f"no DeepSpeed checkpoint under {Path(folder) / 'deepspeed'}"
+                )
         step = int(client["step"])
         history, evals = list(client["history"]), list(client["evals"])
         for name, stream in streams.items():
@@ -157,18 +164,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def save(metrics: dict[str, float]) -> None:
         client = {
-            "step": step, "history": history, "evals": evals,
+            "step": step,
+            "history": history,
+            "evals": evals,
             "streams": {k: s.state_dict() for k, s in streams.items()},
-        }  # fmt: skip
+        }
         weights = full_state_dict(engine)  # a collective under ZeRO-3: every rank
         with tempfile.TemporaryDirectory(prefix="hermes-ckpt-") as tmp:
             engine.save_checkpoint(f"{tmp}/deepspeed", tag=f"step{step}", client_state=client)
             if rank == 0:
                 export = {
-                    "format": FORMAT_VERSION, "config": to_dict(cfg), "step": step,
-                    "method": weights, "history": history, "evals": evals, "best": None,
-                    "classes": list(comps.data.classes), "distributed": {"workers": world},
-                }  # fmt: skip
+                    "format": FORMAT_VERSION,
+                    "config": to_dict(cfg),
+                    "step": step,
+                    "method": weights,
+                    "history": history,
+                    "evals": evals,
+                    "best": None,
+                    "classes": list(comps.data.classes),
+                    "distributed": {"workers": world},
+                }
                 atomic_save(export, Path(tmp) / "model.pt")
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         if rank == 0:
@@ -195,8 +210,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 rate = (step - start) / (time.perf_counter() - t0)
                 logger.info(
                     "step %d/%d loss %.4f (%.2f steps/s, %d workers)",
-                    step, total, values.get("loss/total", float("nan")), rate, world,
-                )  # fmt: skip
+                    step,
+                    total,
+                    values.get("loss/total", float("nan")),
+                    rate,
+                    world,
+                )
         # to Ray: losses, learning rates and kept fractions (the checkpoint holds everything)
         metrics = {"step": step, **{k: v for k, v in values.items() if k.startswith(REPORTED)}}
         if (every and step % every == 0) or step == end:
