@@ -156,19 +156,22 @@ def select(
             reasons = list(impl.auto_reasons(**inputs))
         if not reasons:
             if declined:
-                key = (op, device.type, name, tuple(declined))
-                if key not in _LOGGED:
-                    _LOGGED.add(key)
-                    logger.info(
-                        "hermes.ops.%s on %s: using %r (%s)",
-                        op,
-                        device.type,
-                        name,
-                        "; ".join(declined),
-                    )
+                _log_choice(op, device.type, name, declined)
             return impl  # type: ignore[return-value]
         declined.append(f"{name}: " + ", ".join(reasons))
     raise RuntimeError(f"hermes.ops.{op}: no backend can run these inputs: " + "; ".join(declined))
+
+
+def _log_choice(op: str, device: str, name: str, declined: list[str]) -> None:
+    """Log an automatic choice once per (op, device, backend) at INFO; the same choice for
+    other reasons (e.g. other input sizes) once each at DEBUG."""
+    choice = (op, device, name)
+    detail = (*choice, tuple(declined))
+    if detail in _LOGGED:
+        return
+    level = logging.DEBUG if choice in _LOGGED else logging.INFO
+    _LOGGED.update((choice, detail))
+    logger.log(level, "hermes.ops.%s on %s: using %r (%s)", op, device, name, "; ".join(declined))
 
 
 def available() -> dict[str, dict[str, str]]:

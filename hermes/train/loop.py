@@ -7,6 +7,7 @@ The pieces are functions the distributed trainer can reuse: :func:`save_checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from hermes.comm import Comm
 from hermes.eval.evaluate import Evaluation, evaluate, format_metrics
@@ -222,7 +224,9 @@ def train(
     )
     comps.method.train()
     final: Evaluation | None = None
-    with stop_requests() as stop:  # Ctrl-C: finish the step, then leave the loop
+    # log lines go through tqdm, so that they never cut the progress bar
+    redirect = logging_redirect_tqdm() if cfg.progress else contextlib.nullcontext()
+    with stop_requests() as stop, redirect:  # Ctrl-C: finish the step, then leave the loop
         try:
             while state.step < end and not stop.requested:
                 step = state.step

@@ -231,3 +231,19 @@ def test_public_op_compiles_fullgraph_after_load_backends():
         lambda f, lab: supcon_loss(f, lab, backend="torch"), fullgraph=True, backend="aot_eager"
     )
     torch.testing.assert_close(compiled(a, y), supcon_loss(a, y, backend="torch"))
+
+
+def test_automatic_choice_logged_once_per_op_device_backend(caplog, monkeypatch) -> None:
+    """The same automatic choice for many input sizes: one INFO line, the rest at DEBUG."""
+    import logging
+
+    monkeypatch.setattr(dispatch, "_LOGGED", set())
+    declined = [["cpp: below 4096 pairs (N*M = 784)"], ["cpp: below 4096 pairs (N*M = 900)"]]
+    with caplog.at_level(logging.DEBUG, logger="hermes.ops"):
+        for reasons in declined * 3:
+            dispatch._log_choice("supcon_loss", "cpu", "torch", reasons)
+        dispatch._log_choice("dual_threshold", "cpu", "torch", declined[0])
+    info = [r for r in caplog.records if r.levelno == logging.INFO]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(info) == 2 and "784" in info[0].getMessage()  # supcon once, dual_threshold once
+    assert len(debug) == 1 and "900" in debug[0].getMessage()
