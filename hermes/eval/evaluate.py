@@ -13,11 +13,9 @@ images (AUC when they are all of one class) is printed as ``nan``, written as ``
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from hermes.eval.metrics import METRICS, MetricAccumulator, undefined_reasons
+from hermes.eval.metrics import METRICS, MetricAccumulator
 
 if TYPE_CHECKING:
     from hermes.data import DataConfig
@@ -137,56 +135,3 @@ def json_metrics(metrics: dict[str, float]) -> str:
     """``metrics`` as JSON, an undefined (non-finite) value as ``null``."""
     clean = {k: v if math.isfinite(v) else None for k, v in metrics.items()}
     return json.dumps(clean, indent=2, allow_nan=False)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from hermes.train.checkpoint import load_model
-
-    parser = argparse.ArgumentParser(
-        prog="python -m hermes.evaluate", description="Evaluate a checkpoint on a test split."
-    )
-    parser.add_argument("checkpoint", help="a checkpoint written by python -m hermes.train")
-    parser.add_argument("--data", help="dataset folder (default: the checkpoint's own data)")
-    parser.add_argument("--dataset", choices=("busi", "udiat", "folder", "phantom"))
-    parser.add_argument("--split-file", help="a split JSON to evaluate the test part of")
-    parser.add_argument(
-        "--split",
-        choices=("test", "all"),
-        default="test",
-        help="the test part of the split (default) or every image of the data",
-    )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--max-batches", type=int, default=None)
-    parser.add_argument("--out", help="write the metrics as JSON here")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    try:
-        model, cfg = load_model(args.checkpoint, args.device)
-        data_cfg = cfg.data
-        if args.data is not None or args.dataset is not None:
-            if args.data is None or args.dataset is None:
-                raise ValueError("--data and --dataset go together")
-            data_cfg = replace(data_cfg, dataset=args.dataset, root=args.data, split_file=None)
-        if args.split_file is not None:
-            if not Path(args.split_file).is_file():
-                raise FileNotFoundError(f"--split-file: no file {args.split_file}")
-            data_cfg = replace(data_cfg, split_file=args.split_file)
-        loader = evaluation_loader(data_cfg, args.split)
-        result = evaluate(model, loader, args.device, max_batches=args.max_batches)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_metrics(result.metrics))
-    undefined = undefined_reasons(result.metrics, result.label_counts, data_cfg.classes)
-    for name, reason in undefined.items():
-        logger.warning(
-            "warning: %s is undefined: %s%s", name, reason, " (written as null)" if args.out else ""
-        )
-    if args.out:
-        Path(args.out).write_text(json_metrics(result.metrics) + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -17,10 +17,8 @@ Files whose name contains ``_mask`` are skipped.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -146,41 +144,3 @@ def predict_folder(
         len(result.failed),
     )
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    from hermes.train.checkpoint import load_model
-
-    parser = argparse.ArgumentParser(
-        prog="python -m hermes.predict",
-        description="Predict lesion masks and class probabilities for a folder of images.",
-        epilog="Exit status: 0; 1 when some images could not be read (skipped, listed in "
-        "failed.csv); 2 on an error (checkpoint, folder).",
-    )
-    parser.add_argument("checkpoint", help="a checkpoint written by python -m hermes.train")
-    parser.add_argument("images", help="folder of images")
-    parser.add_argument("--out", default="predictions", help="output folder")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        model, cfg = load_model(args.checkpoint, args.device)
-        done = predict_folder(
-            model, args.images, args.out, cfg.data.image_size, cfg.data.classes, args.device
-        )
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{len(done.rows)} images -> {Path(args.out) / 'predictions.csv'}")
-    if done.failed:
-        print(
-            f"{len(done.failed)} image(s) could not be read, skipped -> "
-            f"{Path(args.out) / 'failed.csv'}: " + ", ".join(name for name, _ in done.failed),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,36 +31,12 @@ from hermes.train.checkpoint import (
 from hermes.train.config import TrainConfig, save_config, to_dict
 from hermes.train.interrupt import Interrupted, stop_requests
 from hermes.train.preflight import check_backend, check_out_dir
+from hermes.train.report import write_run_report
+from hermes.train.state import RunResult, TrainState
 from hermes.train.step import autocast_context, to_device, train_step
 from hermes.train.stream import BatchStream
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainState:
-    """Progress of a run: the next step, logged values, evaluations and the best one."""
-
-    step: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
-    evals: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, float] | None = None
-
-
-@dataclass
-class RunResult:
-    """What :func:`train` returns."""
-
-    cfg: TrainConfig
-    out_dir: Path
-    state: TrainState
-    final: Evaluation | None
-    checkpoint: Path
-    seconds: float = 0.0
-
-    @property
-    def metrics(self) -> dict[str, float]:
-        return self.final.metrics if self.final is not None else {}
 
 
 def logs_to_floats(logs: dict[str, Tensor]) -> dict[str, float]:
@@ -194,8 +169,6 @@ def train(
     import time
 
     from torch.utils.tensorboard import SummaryWriter
-
-    from hermes.train.report import write_run_report
 
     start = time.perf_counter()
     out = Path(cfg.out_dir)

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from hermes.eval.metrics import METRICS  # noqa: E402
 
 if TYPE_CHECKING:
-    from hermes.train.loop import RunResult
+    from hermes.train.state import RunResult
 
 logger = logging.getLogger(__name__)
 

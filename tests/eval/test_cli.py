@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hermes.eval.evaluate import main as evaluate_main
-from hermes.eval.predict import main as predict_main
+from hermes.evaluate import main as evaluate_main
+from hermes.predict import main as predict_main
 from hermes.train.__main__ import main as train_main
 
 TINY_MODEL = [

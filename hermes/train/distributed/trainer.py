@@ -120,8 +120,8 @@ def _finish(cfg: TrainConfig, out: Path, model_path: Path, start: float, report:
     from hermes.data import build_data
     from hermes.eval.evaluate import evaluate
     from hermes.train.checkpoint import load_checkpoint, load_model
-    from hermes.train.loop import RunResult, TrainState
     from hermes.train.report import write_run_report
+    from hermes.train.state import RunResult, TrainState
 
     ckpt = load_checkpoint(model_path)
     state = TrainState(
