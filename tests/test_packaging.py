@@ -73,6 +73,14 @@ def test_regular_wheel_install(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("hermes_ultrasound-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "hermes/kernels/__init__.py" in names
+    # the presets and DeepSpeed configs are package data (a wheel has no source checkout)
+    for data in (
+        "configs/default.yaml",
+        "configs/experiments/busi_cpu.yaml",
+        "configs/deepspeed/zero1.json",
+        "configs/deepspeed/zero2_bf16.json",
+    ):
+        assert f"hermes/{data}" in names, data
     assert not any(n.startswith(("kernels/", "cluster/", "tests/")) for n in names)
     target = tmp_path / "site"
     subprocess.run(
@@ -94,5 +102,10 @@ def test_regular_wheel_install(tmp_path):
         "import hermes.kernels, hermes.ops; print(hermes.kernels.__file__); print(hermes.ops.__file__)",
         PYTHONPATH=str(target),
     )
+    found = _run(
+        "from hermes.train.distributed.engine import resolve_deepspeed_config as r; print(r('zero2'))",
+        PYTHONPATH=str(target),
+    )
+    assert Path(found).is_relative_to(target), found
     for line in out.splitlines():
         assert Path(line).is_relative_to(target), line

@@ -23,7 +23,7 @@ new ``ModelConfig`` to change preset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -239,15 +239,6 @@ class ModelConfig:
                 raise ValueError(
                     f"ModelConfig.{name} must be 'none', 'imagenet' or a file path, got ''"
                 )
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        """Build from a mapping (e.g. a YAML section), rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 def _check_positive_int(name: str, value: Any) -> None:

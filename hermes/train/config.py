@@ -111,7 +111,7 @@ class DistributedConfig:
     """Multi-worker training on Ray (+ DeepSpeed), used by ``hermes.train.distributed``.
     ``workers``: number of Ray workers (1: the single-process trainer); ``use_gpu``: one GPU per
     worker; ``deepspeed_config``: path of a DeepSpeed JSON config or a name in
-    ``cluster/deepspeed/`` (``None``: ``zero2``); ``address``: Ray address (``None``: the job's
+    ``hermes/configs/deepspeed/`` (``None``: ``zero1``); ``address``: Ray address (``None``: the job's
     cluster, else a local Ray); ``max_failures``: worker-group restarts from the last checkpoint;
     ``cpus_per_worker``: CPUs Ray reserves per worker."""
 

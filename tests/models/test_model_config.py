@@ -46,9 +46,3 @@ def test_own_seg_encoder_does_not_inherit_preset_widths() -> None:
 def test_bad_value_is_named(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
         ModelConfig(**{field: value})
-
-
-def test_from_dict_rejects_unknown_keys() -> None:
-    assert ModelConfig.from_dict({"num_classes": 3}).num_classes == 3
-    with pytest.raises(ValueError, match="num_clases"):
-        ModelConfig.from_dict({"num_clases": 3})

@@ -45,6 +45,46 @@ def _problem() -> dict[str, torch.Tensor | nn.Module]:
     }
 
 
+def _offset(comm, n: int) -> int:
+    """Index of this rank's first row in ``comm.all_gather`` of tensors with ``n`` rows here."""
+    from hermes.train.distributed.comm import _gather_sizes
+
+    sizes = _gather_sizes(n, torch.device("cpu"), comm.group, comm.world_size)
+    return sum(sizes[: comm.rank])
+
+
+def _all_reduce_stats(stats, comm):
+    """Dual-threshold statistics of the global batch from every rank's local statistics
+    (fractions turned back into counts, summed over ranks, divided again)."""
+    from hermes.ops.dual_threshold import DualThresholdStats
+
+    hist = stats.histogram.float()
+    count = hist.sum()
+    packed = torch.cat(
+        [
+            hist,
+            stats.kept_confident * hist,
+            stats.kept_certain * hist,
+            stats.kept_reliable * hist,
+            (stats.mean_confidence * count).reshape(1),
+            (stats.mean_entropy * count).reshape(1),
+            count.reshape(1),
+        ]
+    )
+    total = comm.all_reduce_sum(packed)
+    c = hist.shape[0]
+    g_hist, g_count = total[:c], total[-1].clamp(min=1)
+    denominator = g_hist.clamp(min=1)
+    return DualThresholdStats(
+        histogram=g_hist.round().to(torch.int64),
+        kept_confident=total[c : 2 * c] / denominator,
+        kept_certain=total[2 * c : 3 * c] / denominator,
+        kept_reliable=total[3 * c : 4 * c] / denominator,
+        mean_confidence=total[4 * c] / g_count,
+        mean_entropy=total[4 * c + 1] / g_count,
+    )
+
+
 def _contrast_loss_local(net, strong, weak, labels, weights, comm) -> torch.Tensor:
     """Rank-local image-level contrast, scaled so that averaged gradients are exact."""
     anchors = F.normalize(net(torch.cat([strong, weak])), dim=1)
@@ -58,7 +98,7 @@ def _contrast_loss_local(net, strong, weak, labels, weights, comm) -> torch.Tens
         contrast_labels,
         weights=weights.repeat(2),
         reduction="none",
-        self_offset=comm.offset(anchors.shape[0]),
+        self_offset=_offset(comm, anchors.shape[0]),
     )
     counts = torch.bincount(contrast_labels, minlength=CLASSES)
     has_positive = (counts[anchor_labels] > 1).float().sum()
@@ -67,7 +107,7 @@ def _contrast_loss_local(net, strong, weak, labels, weights, comm) -> torch.Tens
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    from hermes.train.distributed.comm import TorchDistComm, all_reduce_stats
+    from hermes.train.distributed.comm import TorchDistComm
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
@@ -100,9 +140,9 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 "loss": loss.detach(),
                 "grads": [param.grad.clone() for param in net.parameters()],
                 "cls": cls,
-                "cls_global_stats": all_reduce_stats(cls.stats, comm),
+                "cls_global_stats": _all_reduce_stats(cls.stats, comm),
                 "pix": pix,
-                "pix_global_stats": all_reduce_stats(pix.stats, comm),
+                "pix_global_stats": _all_reduce_stats(pix.stats, comm),
                 "gathered": gathered.detach(),
                 "gather_grad": x.grad,
             },

@@ -19,8 +19,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from hermes.ops import DualThresholdStats
-
 
 def _gather_sizes(n: int, device: torch.device, group: Any, world_size: int) -> list[int]:
     size = torch.tensor([n], dtype=torch.int64, device=device)
@@ -85,44 +83,3 @@ class TorchDistComm:
         y = x.detach().clone()
         dist.all_reduce(y, op=dist.ReduceOp.SUM, group=self.group)
         return y
-
-    def offset(self, n: int, device: torch.device | str = "cpu") -> int:
-        """Index of this rank's first row in :meth:`all_gather` of tensors with ``n`` rows here
-        (``device``: where the collective runs, a CUDA device under NCCL)."""
-        sizes = _gather_sizes(n, torch.device(device), self.group, self.world_size)
-        return sum(sizes[: self.rank])
-
-
-def all_reduce_stats(stats: DualThresholdStats, comm: Any) -> DualThresholdStats:
-    """Dual-threshold statistics of the global batch from every rank's local statistics.
-
-    ``stats`` come from one rank's ``dual_threshold`` call (local histogram and fractions);
-    fractions are turned back into counts, summed over ranks with ``comm.all_reduce_sum`` and
-    divided again, so every rank gets the values a single process would compute on the
-    concatenated batch. Stays on the device (no host synchronisation).
-    """
-    hist = stats.histogram.float()
-    count = hist.sum()
-    packed = torch.cat(
-        [
-            hist,
-            stats.kept_confident * hist,
-            stats.kept_certain * hist,
-            stats.kept_reliable * hist,
-            (stats.mean_confidence * count).reshape(1),
-            (stats.mean_entropy * count).reshape(1),
-            count.reshape(1),
-        ]
-    )
-    total = comm.all_reduce_sum(packed)
-    c = hist.shape[0]
-    g_hist, g_count = total[:c], total[-1].clamp(min=1)
-    denominator = g_hist.clamp(min=1)
-    return DualThresholdStats(
-        histogram=g_hist.round().to(torch.int64),
-        kept_confident=total[c : 2 * c] / denominator,
-        kept_certain=total[2 * c : 3 * c] / denominator,
-        kept_reliable=total[3 * c : 4 * c] / denominator,
-        mean_confidence=total[4 * c] / g_count,
-        mean_entropy=total[4 * c + 1] / g_count,
-    )

@@ -1,6 +1,7 @@
 """The method module inside one DeepSpeed engine.
 
-- DeepSpeed config: a JSON file of ``cluster/deepspeed/`` (ZeRO stage, bf16), completed here
+- DeepSpeed config: a JSON file of ``hermes/configs/deepspeed/`` (ZeRO stage, bf16; installed with
+  the package), completed here
   with what the run decides (micro-batch size, gradient clipping, the composite optimiser).
 - Process group: initialised by the caller (Ray's ``TorchTrainer`` does it with gloo on CPUs,
   NCCL on GPUs); DeepSpeed is told so (``dist_init_required=False``).
@@ -25,11 +26,11 @@ from hermes.train.distributed.optim import BranchOptimizer
 
 logger = logging.getLogger(__name__)
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "cluster" / "deepspeed"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"  # package data
 
 
 def resolve_deepspeed_config(path: str | None) -> Path:
-    """A DeepSpeed JSON path as given, or a bare name of ``cluster/deepspeed/``; ``None``:
+    """A DeepSpeed JSON path as given, or a bare name of ``hermes/configs/deepspeed/``; ``None``:
     ``zero1``, whose gradient reduction runs in a fixed parameter order after the backward pass.
     ZeRO-2/3 reduce in the order gradients become ready, which must then be the same on every
     rank (the same backward graph everywhere)."""
