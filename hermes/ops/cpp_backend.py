@@ -239,7 +239,12 @@ def dual_threshold_cpp(
     labels, confidence, entropy, ok, histogram = _OPS.dual_threshold_pass1(x3, v)
     global_histogram = histogram if histogram_hook is None else histogram_hook(histogram.clone())
     thresholds = class_thresholds(global_histogram.to(x.device), tau_max, tau_min)
-    eta_t = torch.as_tensor(eta, dtype=torch.float32).to(x.device).reshape(())
+    # a float eta is filled on the device (a kernel launch), never copied from the host: no
+    # host synchronisation per call on CUDA
+    if isinstance(eta, Tensor):
+        eta_t = eta.to(device=x.device, dtype=torch.float32).reshape(())
+    else:
+        eta_t = torch.full((), float(eta), dtype=torch.float32, device=x.device)
     reliable, kept, sums = _OPS.dual_threshold_pass2(
         labels, confidence, entropy, ok, thresholds, eta_t
     )

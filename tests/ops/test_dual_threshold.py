@@ -130,11 +130,13 @@ def test_histogram_hook(fast_backend, require_backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
-def test_no_host_sync(require_backend, backend):
-    """Nothing in the op waits for the GPU (CUDA sync-debug mode raises on a synchronisation)."""
+@pytest.mark.parametrize("eta_kind", ["tensor", "float"])
+def test_no_host_sync(require_backend, backend, eta_kind):
+    """Nothing in the op waits for the GPU (CUDA sync-debug mode raises on a synchronisation),
+    with eta a device tensor or a Python float (as the method passes it)."""
     logits = torch.randn(8, 2, 32, 32, device="cuda", dtype=torch.float16)
     valid = torch.rand(8, 32, 32, device="cuda") > 0.1
-    eta = torch.tensor(0.5, device="cuda")
+    eta = torch.tensor(0.5, device="cuda") if eta_kind == "tensor" else 0.5
     require_backend("dual_threshold", backend, _dispatch_inputs(logits, valid, eta))
     dual_threshold(logits, eta=eta, valid=valid, backend=backend)  # warm-up: compile, load
     torch.cuda.synchronize()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -35,3 +38,9 @@ def dtype_reasons(name: str, t: Tensor, allowed: tuple[torch.dtype, ...]) -> lis
     return [
         f"{name} dtype {t.dtype} is not supported (expected one of {', '.join(map(str, allowed))})"
     ]
+
+
+def launch_device(t: Tensor) -> Any:
+    """Launch on ``t``'s device: Triton launches on the *current* CUDA device, which need not be
+    the tensors' (``cuda:1`` with ``cuda:0`` current). A no-op on the CPU (interpreter)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()

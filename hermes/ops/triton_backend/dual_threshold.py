@@ -19,7 +19,7 @@ from hermes.ops.dual_threshold import (
     DualThresholdStats,
     class_thresholds,
 )
-from hermes.ops.triton_backend._common import device_reasons, dtype_reasons
+from hermes.ops.triton_backend._common import device_reasons, dtype_reasons, launch_device
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -41,21 +41,22 @@ def pass1(logits: Tensor, valid: Tensor | None) -> tuple[Tensor, Tensor, Tensor,
     e = b * s
     if e > 0:
         block_e, block_c = K.block_sizes(c)
-        K.dual_threshold_pass1_kernel[(_cdiv(e, block_e),)](
-            logits,
-            valid,
-            labels,
-            conf,
-            ent,
-            hist,
-            e,
-            c,
-            s,
-            ENTROPY_EPS,
-            HAS_VALID=valid is not None,
-            BLOCK_E=block_e,
-            BLOCK_C=block_c,
-        )
+        with launch_device(logits):
+            K.dual_threshold_pass1_kernel[(_cdiv(e, block_e),)](
+                logits,
+                valid,
+                labels,
+                conf,
+                ent,
+                hist,
+                e,
+                c,
+                s,
+                ENTROPY_EPS,
+                HAS_VALID=valid is not None,
+                BLOCK_E=block_e,
+                BLOCK_C=block_c,
+            )
     return labels, conf, ent, hist
 
 
@@ -90,22 +91,23 @@ def pass2(
     e = labels.numel()
     if e > 0:
         block_e, block_c = K.block_sizes(c)
-        K.dual_threshold_pass2_kernel[(_cdiv(e, block_e),)](
-            labels,
-            confidence,
-            entropy,
-            valid,
-            thresholds,
-            eta,
-            reliable,
-            kept,
-            sums,
-            e,
-            c,
-            HAS_VALID=valid is not None,
-            BLOCK_E=block_e,
-            BLOCK_C=block_c,
-        )
+        with launch_device(labels):
+            K.dual_threshold_pass2_kernel[(_cdiv(e, block_e),)](
+                labels,
+                confidence,
+                entropy,
+                valid,
+                thresholds,
+                eta,
+                reliable,
+                kept,
+                sums,
+                e,
+                c,
+                HAS_VALID=valid is not None,
+                BLOCK_E=block_e,
+                BLOCK_C=block_c,
+            )
     return reliable.view(torch.bool), kept, sums
 
 

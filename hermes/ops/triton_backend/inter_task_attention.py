@@ -6,7 +6,12 @@ import torch
 from torch import Tensor
 
 from hermes.kernels import inter_task_attention as K
-from hermes.ops.triton_backend._common import HALF_AND_FLOAT, device_reasons, dtype_reasons
+from hermes.ops.triton_backend._common import (
+    HALF_AND_FLOAT,
+    device_reasons,
+    dtype_reasons,
+    launch_device,
+)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -30,24 +35,26 @@ def ias_fwd(
     if y.numel() > 0:
         block_c, block_p = K.block_sizes(c, h * w)
         grid = (b, _cdiv(h * w, block_p))
-        K.ias_pool_kernel[grid](
-            cls_feature, gate, pooled, cnt, c, h * w, BLOCK_C=block_c, BLOCK_P=block_p
-        )
-        K.ias_apply_kernel[grid](
-            cls_feature,
-            gate,
-            spatial_weight,
-            spatial_bias,
-            pooled,
-            a,
-            y,
-            c,
-            h,
-            w,
-            KSIZE=spatial_weight.shape[-1],
-            BLOCK_C=block_c,
-            BLOCK_P=block_p,
-        )
+        with launch_device(cls_feature):
+            K.ias_pool_kernel[grid](
+                cls_feature, gate, pooled, cnt, c, h * w, BLOCK_C=block_c, BLOCK_P=block_p
+            )
+        with launch_device(cls_feature):
+            K.ias_apply_kernel[grid](
+                cls_feature,
+                gate,
+                spatial_weight,
+                spatial_bias,
+                pooled,
+                a,
+                y,
+                c,
+                h,
+                w,
+                KSIZE=spatial_weight.shape[-1],
+                BLOCK_C=block_c,
+                BLOCK_P=block_p,
+            )
     return y, pooled, cnt, a
 
 
@@ -85,39 +92,41 @@ def ias_bwd(
     dg = torch.zeros(b, n_blocks, c, dtype=torch.float32, device=dev)
     if dx.numel() > 0:
         grid = (b, n_blocks)
-        K.ias_bwd_gate_kernel[grid](
-            grad_y,
-            cls_feature,
-            gate,
-            pooled,
-            a,
-            dz,
-            dwb,
-            c,
-            h,
-            w,
-            KSIZE=k,
-            BLOCK_C=block_c,
-            BLOCK_P=block_p,
-        )
-        K.ias_bwd_feature_kernel[grid](
-            grad_y,
-            cls_feature,
-            gate,
-            spatial_weight,
-            pooled,
-            cnt,
-            a,
-            dz,
-            dx,
-            dg,
-            c,
-            h,
-            w,
-            KSIZE=k,
-            BLOCK_C=block_c,
-            BLOCK_P=block_p,
-        )
+        with launch_device(grad_y):
+            K.ias_bwd_gate_kernel[grid](
+                grad_y,
+                cls_feature,
+                gate,
+                pooled,
+                a,
+                dz,
+                dwb,
+                c,
+                h,
+                w,
+                KSIZE=k,
+                BLOCK_C=block_c,
+                BLOCK_P=block_p,
+            )
+        with launch_device(grad_y):
+            K.ias_bwd_feature_kernel[grid](
+                grad_y,
+                cls_feature,
+                gate,
+                spatial_weight,
+                pooled,
+                cnt,
+                a,
+                dz,
+                dx,
+                dg,
+                c,
+                h,
+                w,
+                KSIZE=k,
+                BLOCK_C=block_c,
+                BLOCK_P=block_p,
+            )
     dwb = dwb.sum(dim=0)
     return (
         dx,

@@ -13,7 +13,12 @@ from torch import Tensor
 
 from hermes.kernels import supcon as K
 from hermes.ops.supcon import nonfinite_to_nan
-from hermes.ops.triton_backend._common import HALF_AND_FLOAT, device_reasons, dtype_reasons
+from hermes.ops.triton_backend._common import (
+    HALF_AND_FLOAT,
+    device_reasons,
+    dtype_reasons,
+    launch_device,
+)
 
 
 def _launch_args(anchors: Tensor) -> dict:
@@ -88,23 +93,24 @@ def supcon_fwd(
     lse, sp_sum, h = (torch.zeros(n, dtype=torch.float32, device=anchors.device) for _ in range(3))
     if n > 0:
         cfg = _launch_args(anchors)
-        K.supcon_fwd_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
-            anchors,
-            labels,
-            contrasts,
-            contrast_labels,
-            lse,
-            sp_sum,
-            h,
-            n,
-            m,
-            d,
-            1.0 / temperature,
-            self_offset,
-            HAS_SELF=has_self,
-            POS_PLUS_NEG=pos_plus_neg,
-            **cfg,
-        )
+        with launch_device(anchors):
+            K.supcon_fwd_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
+                anchors,
+                labels,
+                contrasts,
+                contrast_labels,
+                lse,
+                sp_sum,
+                h,
+                n,
+                m,
+                d,
+                1.0 / temperature,
+                self_offset,
+                HAS_SELF=has_self,
+                POS_PLUS_NEG=pos_plus_neg,
+                **cfg,
+            )
     pos_feat, n_pos, *_ = _positives(
         anchors, labels, contrasts, contrast_labels, self_offset, has_self
     )
@@ -164,12 +170,14 @@ def supcon_bwd(
         cfg = _launch_args(anchors)
         common = (n, m, d, inv_t, self_offset)
         flags = dict(HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg)
-        K.supcon_bwd_anchor_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
-            anchors, labels, contrasts, contrast_labels, lse, c, g, da, *common, **flags
-        )
-        K.supcon_bwd_contrast_kernel[(_cdiv(m, cfg["BLOCK_M"]),)](
-            anchors, labels, contrasts, contrast_labels, lse, c, g, db, *common, **flags
-        )
+        with launch_device(anchors):
+            K.supcon_bwd_anchor_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
+                anchors, labels, contrasts, contrast_labels, lse, c, g, da, *common, **flags
+            )
+        with launch_device(anchors):
+            K.supcon_bwd_contrast_kernel[(_cdiv(m, cfg["BLOCK_M"]),)](
+                anchors, labels, contrasts, contrast_labels, lse, c, g, db, *common, **flags
+            )
     if not pos_plus_neg:
         # The positive term -g_i a_i . (S_{y_i} - b_self) / t, by the class sums again.
         pos_feat, _, ids_a, ids_b, self_idx, self_pos = _positives(
