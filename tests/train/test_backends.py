@@ -28,14 +28,30 @@ LOSS_KEYS = (
 )
 
 
-@pytest.mark.parametrize("backend", ["triton", "cpp"])
+@pytest.mark.parametrize("backend", ["triton", "cpp", "cuda"])
 def test_method_trains_with_backend(
-    backend: str, tiny_overrides: list[str], tmp_path: Path
+    backend: str, tiny_overrides: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Two steps with the backend forced against the reference backend, on the device the
+    backend runs on (``cpp``: the CPU, also on a GPU host; ``cuda``: a GPU; ``triton``: a GPU,
+    else the CPU interpreter), in fp32 with deterministic convolutions so that the two runs
+    differ only by the op."""
+    import torch
+
+    device = {"cpp": "cpu", "cuda": "cuda"}.get(
+        backend, "cuda" if torch.cuda.is_available() else "cpu"
+    )
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
     unavailable = dispatch.available()["supcon_loss"][backend]
     if unavailable != "registered":
         pytest.skip(f"backend {backend!r} unavailable: {unavailable}")
-    cfg = load_config("default", [*tiny_overrides, "optim.steps=2", "eval.every=0"])
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cfg = load_config(
+        "default",
+        [*tiny_overrides, "optim.steps=2", "eval.every=0", f"device={device}", "amp=false"],
+    )
     ref = train(replace(cfg, out_dir=str(tmp_path / "torch"), backend="torch"), report=False)
     fast = train(replace(cfg, out_dir=str(tmp_path / backend), backend=backend), report=False)
     active = set()
