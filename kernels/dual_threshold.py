@@ -37,7 +37,7 @@ def dual_threshold_pass1_kernel(
     BLOCK_C: tl.constexpr,
 ):
     """Grid: (cdiv(E, BLOCK_E),). ``hist`` (C,) int64 must be zeroed."""
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets: E * C may pass 2**31
     offs_e = pid * BLOCK_E + tl.arange(0, BLOCK_E)
     offs_c = tl.arange(0, BLOCK_C)
     e_ok = offs_e < E
@@ -94,7 +94,7 @@ def dual_threshold_pass2_kernel(
 ):
     """Grid: (cdiv(E, BLOCK_E),). ``kept`` (3, C) int64 (confident, certain, reliable) and
     ``sums`` (2,) fp32 (confidence, entropy over the entries that take part) must be zeroed."""
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)  # 64-bit offsets: E * C may pass 2**31
     offs_e = pid * BLOCK_E + tl.arange(0, BLOCK_E)
     offs_c = tl.arange(0, BLOCK_C)
     e_ok = offs_e < E

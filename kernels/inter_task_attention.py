@@ -13,7 +13,8 @@ Backward, two kernels, each one read of ``x`` and ``dy``:
     ``ias_bwd_feature_kernel``: ``dP`` by the transposed conv of ``dz``, then
                              ``dc = a dy + [c = max] dP_max / n_max + dP_mean / C``,
                              ``dx = g dc`` and per block the partial sums of ``dg = sum_HW x dc``.
-All arithmetic is fp32; ``x``/``dy`` may be fp16, bf16 or fp32. Grid: (B, cdiv(H W, BLOCK_P)).
+All arithmetic is fp32; ``x``/``dy`` may be fp16, bf16 or fp32. Grid: (cdiv(H W, BLOCK_P), B): pixel
+blocks on axis 0, the batch on axis 1 (a CUDA grid's axis 1 stops at 65,535); offsets are 64-bit.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def ias_pool_kernel(
     BLOCK_P: tl.constexpr,
 ):
     """pooled (B, 2, HW) fp32: channel max and mean of ``g x``; cnt (B, HW) fp32: ties at the max."""
-    b = tl.program_id(0)
-    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)  # the batch on axis 1, pixel blocks on axis 0
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = offs_p < HW
     m = tl.full([BLOCK_P], float("-inf"), tl.float32)
     cnt = tl.zeros([BLOCK_P], tl.float32)
@@ -122,8 +123,8 @@ def ias_apply_kernel(
 ):
     """a (B, HW) fp32 = sigmoid(conv(pooled) + bias); y (B, C, HW) = a g x in x's dtype."""
     HW = H * W
-    b = tl.program_id(0)
-    offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    b = tl.program_id(1).to(tl.int64)  # the batch on axis 1, pixel blocks on axis 0
+    offs_p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = offs_p < HW
     z, _ = _conv_at(pooled_ptr + b * 2 * HW, w_ptr, offs_p, p_ok, H, W, HW, False, KSIZE, BLOCK_P)
     a = tl.sigmoid(z + tl.load(bias_ptr).to(tl.float32))
@@ -157,8 +158,8 @@ def ias_bwd_gate_kernel(
 ):
     """dz (B, HW) fp32; dwb (B * n_blocks, 2 K K + 1) fp32: this block's parts of dw and dbias."""
     HW = H * W
-    b = tl.program_id(0)
-    pb = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)  # the batch on axis 1, pixel blocks on axis 0
+    pb = tl.program_id(0).to(tl.int64)
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = offs_p < HW
     da = tl.zeros([BLOCK_P], tl.float32)
@@ -175,7 +176,7 @@ def ias_bwd_gate_kernel(
     dz = tl.where(p_ok, da * a * (1.0 - a), 0.0)
     tl.store(dz_ptr + b * HW + offs_p, dz, mask=p_ok)
 
-    row = (b * tl.num_programs(1) + pb) * (2 * KSIZE * KSIZE + 1)
+    row = (b * tl.num_programs(0) + pb) * (2 * KSIZE * KSIZE + 1)
     h = offs_p // W
     w = offs_p % W
     src = pooled_ptr + b * 2 * HW
@@ -212,8 +213,8 @@ def ias_bwd_feature_kernel(
 ):
     """dx (B, C, HW) in x's dtype; dg (B, n_blocks, C) fp32: this block's part of d gate."""
     HW = H * W
-    b = tl.program_id(0)
-    pb = tl.program_id(1)
+    b = tl.program_id(1).to(tl.int64)  # the batch on axis 1, pixel blocks on axis 0
+    pb = tl.program_id(0).to(tl.int64)
     offs_p = pb * BLOCK_P + tl.arange(0, BLOCK_P)
     p_ok = offs_p < HW
     d_max, d_mean = _conv_at(dz_ptr + b * HW, w_ptr, offs_p, p_ok, H, W, HW, True, KSIZE, BLOCK_P)
@@ -237,7 +238,7 @@ def ias_bwd_feature_kernel(
         dc = tl.where(mask, dc, 0.0)
         tl.store(dx_ptr + ptrs, (g[:, None] * dc).to(x_raw.dtype), mask=mask)
         tl.store(
-            dg_ptr + (b * tl.num_programs(1) + pb) * C + offs_c, tl.sum(x * dc, axis=1), mask=c_ok
+            dg_ptr + (b * tl.num_programs(0) + pb) * C + offs_c, tl.sum(x * dc, axis=1), mask=c_ok
         )
 
 

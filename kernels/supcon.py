@@ -88,7 +88,7 @@ def supcon_fwd_kernel(
 ):
     """lse (N,) fp32; for pos_plus_neg also the softplus and sigmoid sums over positives (N,).
     Grid: (cdiv(N, BLOCK_N),)."""
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_n < N
     a = _load_rows(a_ptr, offs_n, N, offs_d, D)
@@ -167,7 +167,7 @@ def supcon_bwd_anchor_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """dA (N, d) fp32 = ds B / t. Grid: (cdiv(N, BLOCK_N),)."""
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_n < N
     a = _load_rows(a_ptr, offs_n, N, offs_d, D)
@@ -219,7 +219,7 @@ def supcon_bwd_contrast_kernel(
     BLOCK_D: tl.constexpr,
 ):
     """dB (M, d) fp32 = ds^T A / t. Grid: (cdiv(M, BLOCK_M),); the loop runs over anchor blocks."""
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     b = _load_rows(b_ptr, offs_m, M, offs_d, D)
     yb = tl.load(yb_ptr + offs_m, mask=offs_m < M, other=0)

@@ -34,7 +34,7 @@ def ias_fwd(
     a = torch.empty(b, h, w, dtype=torch.float32, device=dev)
     if y.numel() > 0:
         block_c, block_p = K.block_sizes(c, h * w)
-        grid = (b, _cdiv(h * w, block_p))
+        grid = (_cdiv(h * w, block_p), b)  # pixel blocks on axis 0 (axis 1 stops at 65535)
         with launch_device(cls_feature):
             K.ias_pool_kernel[grid](
                 cls_feature, gate, pooled, cnt, c, h * w, BLOCK_C=block_c, BLOCK_P=block_p
@@ -91,7 +91,7 @@ def ias_bwd(
     dwb = torch.zeros(b * n_blocks, 2 * k * k + 1, dtype=torch.float32, device=dev)
     dg = torch.zeros(b, n_blocks, c, dtype=torch.float32, device=dev)
     if dx.numel() > 0:
-        grid = (b, n_blocks)
+        grid = (n_blocks, b)  # pixel blocks on axis 0 (axis 1 stops at 65535)
         with launch_device(grad_y):
             K.ias_bwd_gate_kernel[grid](
                 grad_y,
