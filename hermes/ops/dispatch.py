@@ -7,6 +7,11 @@ implementation with no reasons. A forced backend (argument ``backend=`` or the e
 variables ``HERMES_BACKEND_<OP>`` / ``HERMES_BACKEND``) that cannot serve raises an error that
 lists every reason. A backend whose module fails to import (a missing compiled extension, no
 Triton) is reported once in the log, never raised at import.
+
+Determinism: the GPU kernels (``triton``, ``cuda``) sum floats with atomics, in an order that
+can change from run to run. Under ``torch.use_deterministic_algorithms(True)`` they are not
+chosen on CUDA tensors (the reference is, with PyTorch's deterministic kernels) and forcing one
+is an error; with ``warn_only=True`` they stay usable and a warning says so once.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ class Implementation:
     auto_reasons: Callable[..., list[str]] = field(default=_no_reasons)
 
 
+# Backends whose float sums on this device type depend on the order of atomics.
+NONDETERMINISTIC: dict[str, tuple[str, ...]] = {"cuda": ("triton", "cuda")}
+
 _REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 _LOAD_ERRORS: dict[str, str] = {}
 _LOADED: set[str] = set()
@@ -105,6 +113,29 @@ def _reasons(op: str, backend: str, inputs: dict[str, Any]) -> list[str]:
     return list(impl.not_supported_reasons(**inputs))
 
 
+def determinism_reasons(backend: str, device_type: str) -> list[str]:
+    """Why ``backend`` may not run under ``torch.use_deterministic_algorithms(True)`` on this
+    device type (empty when it may, or when only a warning was asked for)."""
+    if backend not in NONDETERMINISTIC.get(device_type, ()):
+        return []
+    if not torch.are_deterministic_algorithms_enabled():
+        return []
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        key = ("deterministic-warning", backend, device_type)
+        if key not in _LOGGED:
+            _LOGGED.add(key)
+            logger.warning(
+                "hermes.ops: backend %r on %s sums floats with atomics (not deterministic)",
+                backend,
+                device_type,
+            )
+        return []
+    return [
+        "its float sums are not deterministic and torch.use_deterministic_algorithms(True) is "
+        "set (the torch backend is)"
+    ]
+
+
 def not_supported_reasons(op: str, backend: str, inputs: dict[str, Any]) -> list[str]:
     """Why ``backend`` cannot run ``op`` on ``inputs`` (the op's normalised keyword arguments);
     empty when it can. A backend that failed to import gives its import error."""
@@ -140,7 +171,7 @@ def select(
         load_backends()
     forced = requested_backend(op, backend)
     if forced is not None:
-        reasons = _reasons(op, forced, inputs)
+        reasons = _reasons(op, forced, inputs) + determinism_reasons(forced, device.type)
         if reasons:
             raise RuntimeError(
                 f"hermes.ops.{op}: backend {forced!r} cannot run these inputs: "
@@ -151,7 +182,7 @@ def select(
     declined: list[str] = []
     for name in AUTO_ORDER.get(device.type, ("torch",)):
         impl = _REGISTRY[op].get(name)
-        reasons = _reasons(op, name, inputs)
+        reasons = _reasons(op, name, inputs) + determinism_reasons(name, device.type)
         if impl is not None and not reasons:
             reasons = list(impl.auto_reasons(**inputs))
         if not reasons:

@@ -247,3 +247,22 @@ def test_automatic_choice_logged_once_per_op_device_backend(caplog, monkeypatch)
     debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
     assert len(info) == 2 and "784" in info[0].getMessage()  # supcon once, dual_threshold once
     assert len(debug) == 1 and "900" in debug[0].getMessage()
+
+
+def test_deterministic_mode_declines_the_gpu_kernels(monkeypatch) -> None:
+    """Under torch.use_deterministic_algorithms the atomics-summing GPU backends are declined
+    on CUDA (with the reason), left alone on the CPU, and allowed with a warning in warn-only
+    mode."""
+    monkeypatch.setattr(dispatch, "_LOGGED", set())
+    assert dispatch.determinism_reasons("triton", "cuda") == []  # not asked for
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert "deterministic" in dispatch.determinism_reasons("triton", "cuda")[0]
+        assert dispatch.determinism_reasons("cuda", "cuda")
+        assert dispatch.determinism_reasons("torch", "cuda") == []
+        assert dispatch.determinism_reasons("cpp", "cpu") == []
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        assert dispatch.determinism_reasons("triton", "cuda") == []
+    finally:
+        torch.use_deterministic_algorithms(before)
