@@ -41,6 +41,9 @@ LOSS_TERMS = (
     ("loss/dice_u", "dice_u", "w Dice_u"),
     ("loss/contrast_pix", "contrast_pix", "w L_con_pix"),
     ("loss/itc", "itc", "lambda L_itc"),
+    # the baselines' unlabeled terms (Mean Teacher, FixMatch), times their logged weights
+    ("loss/unsup_cls", "schedule/weight_cls", "w U_cls"),
+    ("loss/unsup_seg", "schedule/weight_seg", "w U_seg"),
 )
 
 
@@ -51,6 +54,8 @@ def _weighted(result: dict[str, Any], key: str, weight: str) -> float:
     value = float(end.get(key, math.nan))
     if not weight:
         return value
+    if weight.startswith("schedule/"):  # a weight logged by the method at each step
+        return value * float(end.get(weight, math.nan))
     factor = float(
         result.get("config", {}).get("method", {}).get("weights", {}).get(weight, math.nan)
     )

@@ -119,3 +119,13 @@ def test_a_field_added_later_at_its_default_keeps_results_valid(tmp_path: Path) 
     stored = to_dict(cfg)
     stored["method"]["removed_field"] = 1
     assert not same_config(stored, cfg)
+
+
+def test_loss_balance_weighs_the_baselines_terms_by_their_logged_weights() -> None:
+    from hermes.experiments.tables import _weighted
+
+    end = {"loss/unsup_cls": 0.2, "schedule/weight_cls": 5.0, "loss/ce_u": 0.5}
+    result = {"end_of_training": end, "config": {"method": {"weights": {"ce_u": 0.1}}}}
+    assert _weighted(result, "loss/unsup_cls", "schedule/weight_cls") == pytest.approx(1.0)
+    assert _weighted(result, "loss/ce_u", "ce_u") == pytest.approx(0.05)
+    assert math.isnan(_weighted(result, "loss/unsup_seg", "schedule/weight_seg"))
