@@ -63,7 +63,11 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "warmup_unlabeled",
             "Hermes, warm-up of 10 unlabeled-loader epochs (authors' unit)",
-            (("warmup_epochs", 10.0), ("warmup_epochs_of", "unlabeled")),
+            (
+                ("warmup_epochs", 10.0),
+                ("warmup_epochs_of", "unlabeled"),
+                ("method.warmup_steps", 0),
+            ),
         ),
         Variant(
             "views_apart",

@@ -154,7 +154,8 @@ class TrainConfig:
             process only: with ``distributed.workers > 1`` it is ignored (DeepSpeed's parameter
             broadcast needs contiguous tensors).
         warmup_epochs: if set, ``method.warmup_steps`` becomes this many epochs of the loader
-            named by ``warmup_epochs_of`` (the public code warms up 10 epochs).
+            named by ``warmup_epochs_of`` (the public code warms up 10 epochs); setting both is
+            an error.
         warmup_epochs_of: ``"labeled"`` or ``"unlabeled"``: whose epochs ``warmup_epochs``
             counts. The authors' code counts epochs of the unlabeled loader, several times
             longer than the labeled one when labels are few (the ``paper`` preset follows it).
@@ -205,6 +206,12 @@ class TrainConfig:
             f"one of {WARMUP_EPOCHS_OF}",
             self.warmup_epochs_of,
         )
+        if self.warmup_epochs is not None and self.method.warmup_steps:
+            raise ValueError(
+                f"warmup_epochs: {self.warmup_epochs!r} and method.warmup_steps: "
+                f"{self.method.warmup_steps} both set the warm-up; set one (method.warmup_steps=0 "
+                "to count epochs)"
+            )
         if self.warmup_epochs is not None:
             _require(
                 self.warmup_epochs >= 0,

@@ -114,3 +114,5 @@ def test_warmup_epochs_count_the_named_loader(tiny_overrides: list[str]) -> None
     with pytest.raises(ValueError, match="warmup_epochs_of"):
         load_config("default", ["warmup_epochs_of=test"])
     assert load_config("paper", []).warmup_epochs_of == "unlabeled"
+    with pytest.raises(ValueError, match="warmup_epochs.*method.warmup_steps"):
+        load_config("default", ["warmup_epochs=5"])  # the preset sets method.warmup_steps
