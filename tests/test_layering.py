@@ -1,7 +1,7 @@
 """The package's layers, read from its imports (every import, also inside functions; imports
 under ``if TYPE_CHECKING:`` are annotations only and do not count):
 
-    ops, comm, kernels  <  data  <  models  <  method  <  eval  <  train  <  experiments
+    ops, comm, checks, kernels  <  data  <  models  <  method  <  eval  <  train  <  experiments
                         <  the command-line entry modules (evaluate, predict, info)
 
 A module may import its own layer and the layers below it, never a higher one, and no modules
@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "hermes"
 LAYERS = {
-    "ops": 0, "comm": 0, "kernels": 0, "_C": 0, "__init__": 0,
+    "ops": 0, "comm": 0, "checks": 0, "kernels": 0, "_C": 0, "__init__": 0,
     "data": 1, "models": 2, "method": 3, "eval": 4, "train": 5, "experiments": 6,
     "evaluate": 7, "predict": 7, "info": 7,
 }  # fmt: skip

@@ -10,14 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from hermes.checks import require
+
 MODES = ("hermes", "supervised", "mean_teacher", "fixmatch")
 PSEUDO_LABELS = ("dual", "fixed")
 PIXEL_RELIABILITY = ("and", "authors")
-
-
-def _require(ok: bool, name: str, expected: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
 @dataclass
@@ -42,7 +39,7 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            _require(
+            require(
                 isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                 f"method.weights.{name}",
                 "a finite number >= 0",
@@ -60,7 +57,7 @@ class MemoryBankConfig:
     size: int = 256
 
     def __post_init__(self) -> None:
-        _require(
+        require(
             isinstance(self.size, int) and self.size >= 1,
             "method.memory.size",
             "an int >= 1",
@@ -70,7 +67,7 @@ class MemoryBankConfig:
 
 def _check_numbers(section: str, obj: object, low: float, high: float = math.inf) -> None:
     for name, value in vars(obj).items():
-        _require(
+        require(
             isinstance(value, (int, float))
             and not isinstance(value, bool)
             and low <= value <= high,
@@ -100,7 +97,7 @@ class MeanTeacherConfig:
 
     def __post_init__(self) -> None:
         _check_numbers("mean_teacher", self, 0.0)
-        _require(
+        require(
             self.ema_decay <= 1.0,
             "method.mean_teacher.ema_decay",
             "a number in [0, 1]",
@@ -121,7 +118,7 @@ class FixMatchConfig:
 
     def __post_init__(self) -> None:
         _check_numbers("fixmatch", self, 0.0)
-        _require(
+        require(
             self.threshold <= 1.0, "method.fixmatch.threshold", "a number in [0, 1]", self.threshold
         )
 
@@ -187,14 +184,14 @@ class MethodConfig:
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
 
     def __post_init__(self) -> None:
-        _require(self.mode in MODES, "method.mode", f"one of {MODES}", self.mode)
-        _require(
+        require(self.mode in MODES, "method.mode", f"one of {MODES}", self.mode)
+        require(
             self.pseudo_labels in PSEUDO_LABELS,
             "method.pseudo_labels",
             f"one of {PSEUDO_LABELS}",
             self.pseudo_labels,
         )
-        _require(
+        require(
             self.pixel_reliability in PIXEL_RELIABILITY,
             "method.pixel_reliability",
             f"one of {PIXEL_RELIABILITY}",
@@ -202,13 +199,13 @@ class MethodConfig:
         )
         for name in ("fixed_threshold", "tau_max", "tau_min", "eta_start"):
             value = getattr(self, name)
-            _require(
+            require(
                 isinstance(value, (int, float)) and 0.0 <= value <= 1.0,
                 f"method.{name}",
                 "a number in [0, 1]",
                 value,
             )
-        _require(
+        require(
             self.tau_min <= self.tau_max,
             "method.tau_min",
             f"<= method.tau_max ({self.tau_max})",
@@ -216,7 +213,7 @@ class MethodConfig:
         )
         for name in ("temperature", "base_temperature"):
             value = getattr(self, name)
-            _require(
+            require(
                 isinstance(value, (int, float)) and value > 0,
                 f"method.{name}",
                 "a number > 0",
@@ -230,7 +227,7 @@ class MethodConfig:
             ("itc_length", 1),
         ):
             value = getattr(self, name)
-            _require(
+            require(
                 isinstance(value, int) and not isinstance(value, bool) and value >= low,
                 f"method.{name}",
                 f"an int >= {low}",

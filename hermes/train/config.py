@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from hermes.checks import require
 from hermes.data import DataConfig
 from hermes.eval.metrics import METRICS
 from hermes.method.config import MethodConfig
@@ -32,11 +33,6 @@ WARMUP_EPOCHS_OF = ("labeled", "unlabeled")
 # The networks take images whose side is a multiple of this (five stride-2 stages; the saliency
 # map and the decoder's skip connections need it).
 IMAGE_SIZE_MULTIPLE = 32
-
-
-def _require(ok: bool, name: str, expected: str, value: object) -> None:
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
 CLS_OPTIMIZERS = ("sgd", "adamw")
@@ -65,8 +61,8 @@ class OptimConfig:
     grad_clip: float | None = None
 
     def __post_init__(self) -> None:
-        _require(self.steps >= 1, "optim.steps", "an int >= 1", self.steps)
-        _require(
+        require(self.steps >= 1, "optim.steps", "an int >= 1", self.steps)
+        require(
             self.cls_optimizer in CLS_OPTIMIZERS,
             "optim.cls_optimizer",
             f"one of {CLS_OPTIMIZERS}",
@@ -74,12 +70,12 @@ class OptimConfig:
         )
         for name in ("cls_lr", "seg_lr", "poly_power"):
             value = getattr(self, name)
-            _require(math.isfinite(value) and value > 0, f"optim.{name}", "a number > 0", value)
+            require(math.isfinite(value) and value > 0, f"optim.{name}", "a number > 0", value)
         for name in ("cls_momentum", "cls_weight_decay", "seg_weight_decay"):
             value = getattr(self, name)
-            _require(math.isfinite(value) and value >= 0, f"optim.{name}", "a number >= 0", value)
+            require(math.isfinite(value) and value >= 0, f"optim.{name}", "a number >= 0", value)
         if self.grad_clip is not None:
-            _require(self.grad_clip > 0, "optim.grad_clip", "a number > 0 or null", self.grad_clip)
+            require(self.grad_clip > 0, "optim.grad_clip", "a number > 0 or null", self.grad_clip)
 
 
 @dataclass
@@ -95,15 +91,15 @@ class EvalConfig:
     figure_images: int = 8
 
     def __post_init__(self) -> None:
-        _require(self.every >= 0, "eval.every", "an int >= 0", self.every)
-        _require(
+        require(self.every >= 0, "eval.every", "an int >= 0", self.every)
+        require(
             self.best_metric in METRICS, "eval.best_metric", f"one of {METRICS}", self.best_metric
         )
         if self.max_batches is not None:
-            _require(
+            require(
                 self.max_batches >= 1, "eval.max_batches", "an int >= 1 or null", self.max_batches
             )
-        _require(self.figure_images >= 0, "eval.figure_images", "an int >= 0", self.figure_images)
+        require(self.figure_images >= 0, "eval.figure_images", "an int >= 0", self.figure_images)
 
 
 @dataclass
@@ -123,11 +119,11 @@ class DistributedConfig:
     cpus_per_worker: float = 1.0
 
     def __post_init__(self) -> None:
-        _require(self.workers >= 1, "distributed.workers", "an int >= 1", self.workers)
-        _require(
+        require(self.workers >= 1, "distributed.workers", "an int >= 1", self.workers)
+        require(
             self.max_failures >= -1, "distributed.max_failures", "an int >= -1", self.max_failures
         )
-        _require(
+        require(
             self.cpus_per_worker > 0,
             "distributed.cpus_per_worker",
             "a number > 0",
@@ -185,22 +181,22 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
-        _require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}", self.backend)
+        require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
+        require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}", self.backend)
         size = self.data.image_size
-        _require(
+        require(
             size % IMAGE_SIZE_MULTIPLE == 0,
             "data.image_size",
             f"a multiple of {IMAGE_SIZE_MULTIPLE} (the networks' input)",
             size,
         )
-        _require(self.log_every >= 1, "log_every", "an int >= 1", self.log_every)
-        _require(
+        require(self.log_every >= 1, "log_every", "an int >= 1", self.log_every)
+        require(
             self.checkpoint_every >= 0, "checkpoint_every", "an int >= 0", self.checkpoint_every
         )
         if self.threads is not None:
-            _require(self.threads >= 1, "threads", "an int >= 1 or null", self.threads)
-        _require(
+            require(self.threads >= 1, "threads", "an int >= 1 or null", self.threads)
+        require(
             self.warmup_epochs_of in WARMUP_EPOCHS_OF,
             "warmup_epochs_of",
             f"one of {WARMUP_EPOCHS_OF}",
@@ -213,7 +209,7 @@ class TrainConfig:
                 "to count epochs)"
             )
         if self.warmup_epochs is not None:
-            _require(
+            require(
                 self.warmup_epochs >= 0,
                 "warmup_epochs",
                 "a number >= 0 or null",
