@@ -17,39 +17,22 @@ from PIL import Image, UnidentifiedImageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """Return ``(width, height)`` of an image file, reading only its header.
+def image_size(path: str | Path, *, decode: bool = False) -> tuple[int, int]:
+    """Return ``(width, height)`` of an image file, reading only its header, or, with
+    ``decode``, decoding it in full (which also finds files whose header is intact but whose
+    pixel data is not: a truncated PNG or JPEG).
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not an image PIL can identify.
+        ValueError: the file is not an image PIL can identify (or decode); the message names it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
     try:
         with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read image {path}: {err}") from err
-
-
-def decoded_size(path: str | Path) -> tuple[int, int]:
-    """Decode an image file in full and return its ``(width, height)``.
-
-    Unlike :func:`image_size`, this finds files whose header is intact but whose pixel data is
-    not (a truncated PNG or JPEG).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be decoded (the message names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            im.load()
+            if decode:
+                im.load()
             return im.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hermes.data.io import IMAGE_SUFFIXES, decoded_size
+from hermes.data.io import IMAGE_SUFFIXES, image_size
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +80,9 @@ def _is_image(path: Path) -> bool:
 
 def _check_sizes(image: Path, masks: Sequence[Path]) -> tuple[int, int]:
     """Decode an image and its masks, compare their sizes; return the image (width, height)."""
-    size = decoded_size(image)
+    size = image_size(image, decode=True)
     for m in masks:
-        msize = decoded_size(m)
+        msize = image_size(m, decode=True)
         if msize != size:
             raise ValueError(
                 f"mask {m} has size {msize[0]}x{msize[1]} (WxH) but its image {image} "

@@ -31,13 +31,12 @@ from hermes.method.losses import masked_cross_entropy, softmax_mse
 from hermes.method.method import (
     HermesMethod,
     full_forward,
-    log_pseudo,
-    log_truth,
+    log_unlabeled_pseudo,
+    pseudo_labels,
     supervised_terms,
 )
 from hermes.method.schedules import rampup
 from hermes.models.layers import frozen_bn_statistics
-from hermes.ops import DualThresholdOutput, dual_threshold
 
 Batch = dict[str, Any]
 
@@ -185,34 +184,15 @@ class FixMatchMethod(_Baseline):
         fm = self.cfg.fixmatch
         with torch.no_grad():
             cls_w, seg_w = self._student(unlabeled["weak"])
-        pl_cls = self._pseudo_label(cls_w.logits)
-        pl_seg = self._pseudo_label(seg_w.logits)
-        log_pseudo(logs, "cls", pl_cls)
-        log_pseudo(logs, "seg", pl_seg)
-        if self.cfg.unlabeled_truth_stats:
-            with torch.no_grad():
-                if "label" in unlabeled:
-                    truth = unlabeled["label"].long()
-                    log_truth(logs, "cls", pl_cls, truth, "unlabeled", self.comm)
-                if "mask" in unlabeled:
-                    truth = unlabeled["mask"].long()
-                    log_truth(logs, "seg", pl_seg, truth, "unlabeled", self.comm)
+        t = (fm.threshold, fm.threshold)
+        pl_cls = pseudo_labels(cls_w.logits, self.comm, self.backend, eta=math.inf, tau=t)
+        pl_seg = pseudo_labels(seg_w.logits, self.comm, self.backend, eta=math.inf, tau=t)
+        truth_stats = self.cfg.unlabeled_truth_stats
+        log_unlabeled_pseudo(logs, pl_cls, pl_seg, unlabeled, self.comm, truth_stats)
         cls_s, seg_s = self._student(unlabeled["strong"])
         u_cls = masked_cross_entropy(cls_s.logits, pl_cls.labels, pl_cls.reliable, self.comm)
         u_seg = masked_cross_entropy(seg_s.logits, pl_seg.labels, pl_seg.reliable, self.comm)
         return u_cls, u_seg, fm.weight_cls, fm.weight_seg
-
-    def _pseudo_label(self, logits: Tensor) -> DualThresholdOutput:
-        t = self.cfg.fixmatch.threshold
-        hook = self.comm.all_reduce_sum if self.comm.world_size > 1 else None
-        return dual_threshold(
-            logits.detach(),
-            eta=math.inf,
-            tau_max=t,
-            tau_min=t,
-            backend=self.backend,
-            histogram_hook=hook,
-        )
 
 
 METHODS: dict[str, type[nn.Module]] = {

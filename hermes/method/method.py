@@ -148,16 +148,7 @@ class HermesMethod(nn.Module):
             cls_u, seg_u = self._unlabeled_forward(unlabeled["weak"], unlabeled["strong"])
             pl_cls = self._pseudo_label(cls_u.weak.logits, eta_cls)
             pl_seg = self._pseudo_label(seg_u.weak.logits, eta_seg)
-            log_pseudo(logs, "cls", pl_cls)
-            log_pseudo(logs, "seg", pl_seg)
-            if cfg.unlabeled_truth_stats:
-                with torch.no_grad():
-                    if "label" in unlabeled:
-                        truth = unlabeled["label"].long()
-                        log_truth(logs, "cls", pl_cls, truth, "unlabeled", comm)
-                    if "mask" in unlabeled:
-                        truth = unlabeled["mask"].long()
-                        log_truth(logs, "seg", pl_seg, truth, "unlabeled", comm)
+            log_unlabeled_pseudo(logs, pl_cls, pl_seg, unlabeled, comm, cfg.unlabeled_truth_stats)
 
             if w.ce_u > 0:
                 ce_u = masked_cross_entropy(
@@ -247,25 +238,11 @@ class HermesMethod(nn.Module):
     def _pseudo_label(self, logits: Tensor, eta: float) -> DualThresholdOutput:
         """Dual threshold (or the fixed-threshold ablation) on detached logits; thresholds from
         the global batch's histogram."""
-        hook = self.comm.all_reduce_sum if self.comm.world_size > 1 else None
         if self.cfg.pseudo_labels == "fixed":
             t = self.cfg.fixed_threshold
-            return dual_threshold(
-                logits.detach(),
-                eta=math.inf,
-                tau_max=t,
-                tau_min=t,
-                backend=self.backend,
-                histogram_hook=hook,
-            )
-        return dual_threshold(
-            logits.detach(),
-            eta=eta,
-            tau_max=self.cfg.tau_max,
-            tau_min=self.cfg.tau_min,
-            backend=self.backend,
-            histogram_hook=hook,
-        )
+            return pseudo_labels(logits, self.comm, self.backend, eta=math.inf, tau=(t, t))
+        tau = (self.cfg.tau_max, self.cfg.tau_min)
+        return pseudo_labels(logits, self.comm, self.backend, eta=eta, tau=tau)
 
     def _pixel_masks(self, pl: DualThresholdOutput, eta: float) -> tuple[Tensor, Tensor]:
         """The pixels ``Dice_u`` and the pixel contrast use (``cfg.pixel_reliability``)."""
@@ -331,6 +308,44 @@ def supervised_terms(
     over the global batch."""
     ce_l = cross_entropy_mean(cls_logits, label, comm)
     return ce_l, cross_entropy_mean(seg_logits, mask, comm), dice_loss(seg_logits, mask, comm=comm)
+
+
+def pseudo_labels(
+    logits: Tensor, comm: Comm, backend: str | None, *, eta: float, tau: tuple[float, float]
+) -> DualThresholdOutput:
+    """:func:`hermes.ops.dual_threshold` on detached logits with ``tau = (tau_max, tau_min)``,
+    the class thresholds from the global batch's histogram (``eta = inf`` and equal bounds: a
+    fixed confidence threshold)."""
+    hook = comm.all_reduce_sum if comm.world_size > 1 else None
+    return dual_threshold(
+        logits.detach(),
+        eta=eta,
+        tau_max=tau[0],
+        tau_min=tau[1],
+        backend=backend,
+        histogram_hook=hook,
+    )
+
+
+def log_unlabeled_pseudo(
+    logs: dict[str, Tensor],
+    pl_cls: DualThresholdOutput,
+    pl_seg: DualThresholdOutput,
+    unlabeled: Batch,
+    comm: Comm,
+    truth_stats: bool,
+) -> None:
+    """The unlabeled stream's pseudo-label statistics, and, with ``truth_stats`` and when the
+    batch carries them, their accuracy against the true labels and masks (monitoring only)."""
+    log_pseudo(logs, "cls", pl_cls)
+    log_pseudo(logs, "seg", pl_seg)
+    if not truth_stats:
+        return
+    with torch.no_grad():
+        if "label" in unlabeled:
+            log_truth(logs, "cls", pl_cls, unlabeled["label"].long(), "unlabeled", comm)
+        if "mask" in unlabeled:
+            log_truth(logs, "seg", pl_seg, unlabeled["mask"].long(), "unlabeled", comm)
 
 
 def log_pseudo(logs: dict[str, Tensor], task: str, out: DualThresholdOutput) -> None:
