@@ -21,6 +21,7 @@ from hermes.data import Data, build_data
 from hermes.method import build_method, poly_factor
 from hermes.models import HermesModel, ModelConfig, build_model
 from hermes.train.config import OptimConfig, TrainConfig
+from hermes.train.optim import build_branch_optimizer, param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -76,27 +77,17 @@ def build_optimizers(
     model: HermesModel, cfg: OptimConfig
 ) -> tuple[list[torch.optim.Optimizer], list[LambdaLR]]:
     """The paper's optimisers: SGD (or AdamW, ``cfg.cls_optimizer``) on the classification
-    branch, Adam on the segmentation branch, each with the poly schedule
-    ``(1 - t / steps)^poly_power``."""
-    if cfg.cls_optimizer == "adamw":
-        cls_opt: torch.optim.Optimizer = torch.optim.AdamW(
-            model.cls.parameters(), lr=cfg.cls_lr, weight_decay=cfg.cls_weight_decay
-        )
-    else:
-        cls_opt = torch.optim.SGD(
-            model.cls.parameters(),
-            lr=cfg.cls_lr,
-            momentum=cfg.cls_momentum,
-            weight_decay=cfg.cls_weight_decay,
-        )
-    adam = torch.optim.Adam(
-        model.seg.parameters(), lr=cfg.seg_lr, weight_decay=cfg.seg_weight_decay
-    )
+    branch, Adam on the segmentation branch, over :func:`hermes.train.optim.param_groups`, each
+    with the poly schedule ``(1 - t / steps)^poly_power``."""
+    groups = param_groups(model.cls, model.seg, cfg)
+    optimizers = [
+        build_branch_optimizer([g for g in groups if g["name"].split(".")[0] == branch])
+        for branch in ("cls", "seg")
+    ]
 
     def poly(step: int) -> float:
         return poly_factor(step, cfg.steps, cfg.poly_power)
 
-    optimizers: list[torch.optim.Optimizer] = [cls_opt, adam]
     return optimizers, [LambdaLR(o, poly) for o in optimizers]
 
 

@@ -46,7 +46,9 @@ class OptimConfig:
     with ``cls_optimizer: adamw`` (``cls_lr``, ``cls_weight_decay``; for fine-tuning pretrained
     encoders on a CPU budget); segmentation branch: Adam (``seg_lr``, ``seg_weight_decay``); both
     decay as
-    ``lr * (1 - t / steps)^poly_power``. ``grad_clip`` (max global norm per branch) is off
+    ``lr * (1 - t / steps)^poly_power``. Each branch's pretrained encoder learns at
+    ``cls_encoder_lr_scale`` / ``seg_encoder_lr_scale`` times its branch's rate (1: the paper's
+    single rate per branch). ``grad_clip`` (max global norm per branch) is off
     (``None``) in the paper.
     """
 
@@ -57,6 +59,8 @@ class OptimConfig:
     cls_weight_decay: float = 1e-4
     seg_lr: float = 1e-4
     seg_weight_decay: float = 0.0
+    cls_encoder_lr_scale: float = 1.0
+    seg_encoder_lr_scale: float = 1.0
     poly_power: float = 0.9
     grad_clip: float | None = None
 
@@ -68,7 +72,13 @@ class OptimConfig:
             f"one of {CLS_OPTIMIZERS}",
             self.cls_optimizer,
         )
-        for name in ("cls_lr", "seg_lr", "poly_power"):
+        for name in (
+            "cls_lr",
+            "seg_lr",
+            "cls_encoder_lr_scale",
+            "seg_encoder_lr_scale",
+            "poly_power",
+        ):
             value = getattr(self, name)
             require(math.isfinite(value) and value > 0, f"optim.{name}", "a number > 0", value)
         for name in ("cls_momentum", "cls_weight_decay", "seg_weight_decay"):

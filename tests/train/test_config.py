@@ -90,9 +90,11 @@ def test_cls_optimizer_choice_builds_adamw() -> None:
         model, OptimConfig(cls_optimizer="adamw", cls_lr=5e-4, cls_weight_decay=0.01)
     )
     assert type(cls_opt) is torch.optim.AdamW and type(seg_opt) is torch.optim.Adam
-    assert cls_opt.defaults["lr"] == 5e-4 and cls_opt.defaults["weight_decay"] == 0.01
+    for group in cls_opt.param_groups:
+        assert group["lr"] == 5e-4 and group["weight_decay"] == 0.01
     (sgd, _), _ = build_optimizers(model, OptimConfig())
-    assert type(sgd) is torch.optim.SGD and sgd.defaults["momentum"] == 0.9
+    assert type(sgd) is torch.optim.SGD
+    assert all(g["momentum"] == 0.9 for g in sgd.param_groups)
 
 
 def test_warmup_epochs_count_the_named_loader(tiny_overrides: list[str]) -> None:
@@ -116,3 +118,26 @@ def test_warmup_epochs_count_the_named_loader(tiny_overrides: list[str]) -> None
     assert load_config("paper", []).warmup_epochs_of == "unlabeled"
     with pytest.raises(ValueError, match="warmup_epochs.*method.warmup_steps"):
         load_config("default", ["warmup_epochs=5"])  # the preset sets method.warmup_steps
+
+
+def test_encoder_lr_scale_gives_each_branch_an_encoder_group() -> None:
+    from hermes.models import ModelConfig, build_model
+    from hermes.train.build import build_optimizers
+    from hermes.train.config import OptimConfig
+
+    model = build_model(ModelConfig(cls_widths=(8, 8, 8, 8), seg_widths=(8, 8, 8, 8)))
+    cfg = OptimConfig(cls_lr=1e-3, seg_lr=2e-3, cls_encoder_lr_scale=0.5, seg_encoder_lr_scale=0.1)
+    (cls_opt, seg_opt), schedulers = build_optimizers(model, cfg)
+    for opt, branch, lr, scale in (
+        (cls_opt, model.cls, 1e-3, 0.5),
+        (seg_opt, model.seg, 2e-3, 0.1),
+    ):
+        rest, enc = opt.param_groups
+        assert rest["lr"] == lr and enc["lr"] == pytest.approx(lr * scale)
+        assert {id(p) for p in enc["params"]} == {id(p) for p in branch.encoder.parameters()}
+        assert len(rest["params"]) + len(enc["params"]) == len(list(branch.parameters()))
+    for s in schedulers:
+        s.step()  # the poly schedule scales every group alike
+    assert seg_opt.param_groups[1]["lr"] / seg_opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="optim.seg_encoder_lr_scale"):
+        OptimConfig(seg_encoder_lr_scale=0.0)

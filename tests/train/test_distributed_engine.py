@@ -20,7 +20,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from hermes.train.distributed.optim import BranchOptimizer, branch_param_groups
+from hermes.train.config import OptimConfig
+from hermes.train.distributed.optim import BranchOptimizer
+from hermes.train.optim import param_groups
 
 WORLD = 2
 STEPS = 3
@@ -57,7 +59,9 @@ def _reference(steps: int = STEPS) -> nn.ModuleDict:
 
 
 def _branch(m: nn.ModuleDict) -> BranchOptimizer:
-    return BranchOptimizer(branch_param_groups(m["cls"], m["seg"], cls_lr=CLS_LR, seg_lr=SEG_LR))
+    return BranchOptimizer(
+        param_groups(m["cls"], m["seg"], OptimConfig(cls_lr=CLS_LR, seg_lr=SEG_LR))
+    )
 
 
 def test_branch_optimizer_is_sgd_plus_adam():
@@ -95,7 +99,7 @@ def test_branch_optimizer_state_dict_round_trip():
 
 def test_branch_optimizer_adamw_group_is_torch_adamw():
     m, ref = _toy(), _toy()
-    groups = branch_param_groups(m["cls"], m["seg"], cls_lr=CLS_LR, seg_lr=SEG_LR)
+    groups = param_groups(m["cls"], m["seg"], OptimConfig(cls_lr=CLS_LR, seg_lr=SEG_LR))
     groups[0] = {
         "params": groups[0]["params"],
         "algorithm": "adamw",

@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from hermes.train.distributed.optim import BranchOptimizer
+from hermes.train.optim import param_groups
 
 logger = logging.getLogger(__name__)
 
@@ -111,8 +112,9 @@ def build_engine(
     optim_cfg: Any,
     ds_config: dict[str, Any],
 ) -> Any:
-    """``deepspeed.initialize`` over the method with one :class:`BranchOptimizer` (SGD or AdamW
-    group for ``cls_branch``, Adam group for ``seg_branch``) and the poly schedule.
+    """``deepspeed.initialize`` over the method with one :class:`BranchOptimizer` over
+    :func:`hermes.train.optim.param_groups` (SGD or AdamW groups for ``cls_branch``, Adam
+    groups for ``seg_branch``) and the poly schedule.
 
     ``optim_cfg`` is a :class:`hermes.train.config.OptimConfig`. The process group must exist.
     Returns the engine (its ``lr_scheduler`` steps with ``engine.step()``).
@@ -124,24 +126,7 @@ def build_engine(
     if not torch.distributed.is_initialized():
         raise ValueError("build_engine: torch.distributed must be initialised first")
     avoid_shm_build()
-    cls_group = {"momentum": optim_cfg.cls_momentum} if optim_cfg.cls_optimizer == "sgd" else {}
-    groups = [
-        {
-            "params": [p for p in cls_branch.parameters() if p.requires_grad],
-            "algorithm": optim_cfg.cls_optimizer,
-            "lr": optim_cfg.cls_lr,
-            **cls_group,
-            "weight_decay": optim_cfg.cls_weight_decay,
-            "name": "cls",
-        },
-        {
-            "params": [p for p in seg_branch.parameters() if p.requires_grad],
-            "algorithm": "adam",
-            "lr": optim_cfg.seg_lr,
-            "weight_decay": optim_cfg.seg_weight_decay,
-            "name": "seg",
-        },
-    ]
+    groups = param_groups(cls_branch, seg_branch, optim_cfg)
     optimizer = BranchOptimizer(groups)
     scheduler = LambdaLR(optimizer, lambda t: poly_factor(t, optim_cfg.steps, optim_cfg.poly_power))
     engine, _, _, _ = deepspeed.initialize(

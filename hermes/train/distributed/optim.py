@@ -23,13 +23,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-from torch import nn
 
-ALGORITHMS: dict[str, type[torch.optim.Optimizer]] = {
-    "sgd": torch.optim.SGD,
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-}
+from hermes.train.optim import ALGORITHMS
 
 
 class BranchOptimizer(torch.optim.Optimizer):
@@ -84,32 +79,3 @@ class BranchOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._link()
-
-
-def branch_param_groups(
-    cls_branch: nn.Module,
-    seg_branch: nn.Module,
-    *,
-    cls_lr: float = 1e-4,
-    cls_momentum: float = 0.9,
-    cls_weight_decay: float = 1e-4,
-    seg_lr: float = 1e-4,
-) -> list[dict[str, Any]]:
-    """The paper's optimisers as two groups: SGD for the classification branch, Adam for the
-    segmentation branch (only parameters that require a gradient)."""
-    return [
-        {
-            "params": [p for p in cls_branch.parameters() if p.requires_grad],
-            "algorithm": "sgd",
-            "lr": cls_lr,
-            "momentum": cls_momentum,
-            "weight_decay": cls_weight_decay,
-            "name": "cls",
-        },
-        {
-            "params": [p for p in seg_branch.parameters() if p.requires_grad],
-            "algorithm": "adam",
-            "lr": seg_lr,
-            "name": "seg",
-        },
-    ]
