@@ -30,6 +30,7 @@ from hermes.train.checkpoint import (
 )
 from hermes.train.config import TrainConfig, save_config, to_dict
 from hermes.train.interrupt import Interrupted, stop_requests
+from hermes.train.optim import group_lrs
 from hermes.train.preflight import check_backend, check_out_dir
 from hermes.train.report import write_run_report
 from hermes.train.state import RunResult, TrainState
@@ -222,8 +223,7 @@ def train(
                 state.step = step + 1
                 if step % cfg.log_every == 0 or state.step == total:
                     values = logs_to_floats(logs)
-                    values["lr/cls"] = comps.optimizers[0].param_groups[0]["lr"]
-                    values["lr/seg"] = comps.optimizers[1].param_groups[0]["lr"]
+                    values.update(group_lrs([g for o in comps.optimizers for g in o.param_groups]))
                     for key, value in values.items():
                         writer.add_scalar(key, value, step)
                     state.history.append({"step": float(step), **values})

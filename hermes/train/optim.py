@@ -65,3 +65,9 @@ def build_branch_optimizer(groups: list[dict]) -> torch.optim.Optimizer:
         raise ValueError(f"build_branch_optimizer: groups mix algorithms {sorted(algorithms)}")
     inner = [{k: v for k, v in g.items() if k != "algorithm"} for g in groups]
     return ALGORITHMS[algorithms.pop()](inner, lr=groups[0]["lr"])
+
+
+def group_lrs(groups: list[dict]) -> dict[str, float]:
+    """``{"lr/<group name>": lr}`` for the named groups (``lr/cls``, ``lr/cls.encoder``,
+    ``lr/seg``, ``lr/seg.encoder``), from one optimiser's or several optimisers' groups."""
+    return {f"lr/{g['name']}": float(g["lr"]) for g in groups if "name" in g}

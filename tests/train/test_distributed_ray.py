@@ -279,6 +279,8 @@ def test_resumed_run_survives_a_failure(head, first_run, tmp_path_factory):
     assert saved["step"] == STEPS
     # the history is that of one uninterrupted run: every step once, in order
     assert [int(h["step"]) for h in saved["history"]] == list(range(STEPS))
+    # each optimiser group's learning rate, by name, as in the single-process loop
+    assert {"lr/cls", "lr/cls.encoder", "lr/seg", "lr/seg.encoder"} <= set(saved["history"][0])
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics["final"]["images"] > 0
 

@@ -97,6 +97,8 @@ def test_run_writes_checkpoints_tensorboard_and_report(
     assert all(
         "pseudo_cls/threshold_0" in h and "pseudo_seg/kept" in h for h in result.state.history
     )
+    first = result.state.history[0]  # each optimiser group's learning rate, by name
+    assert {"lr/cls", "lr/cls.encoder", "lr/seg", "lr/seg.encoder"} <= set(first)
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporary files
 
 

@@ -111,6 +111,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         load_deepspeed_config,
     )
     from hermes.train.loop import logs_to_floats
+    from hermes.train.optim import group_lrs
     from hermes.train.stream import BatchStream
 
     cfg: TrainConfig = from_dict(TrainConfig, config["train_config"])
@@ -203,8 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step += 1
         if (step - 1) % cfg.log_every == 0 or step == end:
             values = logs_to_floats(logs)
-            lrs = engine.get_lr()
-            values["lr/cls"], values["lr/seg"] = float(lrs[0]), float(lrs[1])
+            values.update(group_lrs(engine.optimizer.param_groups))
             history.append({"step": float(step - 1), **values})
             if rank == 0:
                 rate = (step - start) / (time.perf_counter() - t0)
