@@ -4,7 +4,10 @@ specificity and AUC. Plain tensor formulas, accumulated over a test set.
 Conventions:
 - Dice and IoU are computed per image and averaged over images (an image where both the
   prediction and the truth are empty for a class scores 1 for that class). ``*_lesion`` is
-  class 1; ``*_mean`` averages background and lesion.
+  class 1; ``*_mean`` averages background and lesion. ``dice_lesion_pooled`` is the lesion
+  Dice of all test pixels pooled into one image (large lesions weigh more, and a missed small
+  lesion costs little): higher than the per-image mean, reported beside it because some
+  papers and scripts use it.
 - Classification: with 2 classes the positive class is index 1 (``malignant``); with more,
   sensitivity, specificity and AUC are macro averages of one-vs-rest.
 - A metric that is undefined for the images at hand is NaN (e.g. AUC, sensitivity or
@@ -23,6 +26,7 @@ from torch import Tensor
 METRICS = (
     "dice_lesion",
     "iou_lesion",
+    "dice_lesion_pooled",
     "dice_mean",
     "iou_mean",
     "accuracy",
@@ -117,6 +121,7 @@ class MetricAccumulator:
     def __init__(self) -> None:
         self.dice: list[list[Tensor]] = [[], []]
         self.iou: list[list[Tensor]] = [[], []]
+        self.pooled = torch.zeros(2, dtype=torch.float64)  # lesion pixels: overlap, both totals
         self.probs: list[Tensor] = []
         self.labels: list[Tensor] = []
 
@@ -128,12 +133,14 @@ class MetricAccumulator:
             d, i = dice_iou_per_image(pred, masks, c)
             self.dice[c].append(d)
             self.iou[c].append(i)
+        p, t = pred == 1, masks == 1
+        self.pooled += torch.tensor([(p & t).sum().item(), p.sum().item() + t.sum().item()])
         self.probs.append(torch.softmax(cls_logits.float(), 1).cpu())
         self.labels.append(labels.cpu())
 
     def compute(self) -> dict[str, float]:
-        """``dice_lesion``, ``iou_lesion``, ``dice_mean``, ``iou_mean``, ``accuracy``,
-        ``sensitivity``, ``specificity``, ``auc`` and ``images``."""
+        """``dice_lesion``, ``iou_lesion``, ``dice_lesion_pooled``, ``dice_mean``, ``iou_mean``,
+        ``accuracy``, ``sensitivity``, ``specificity``, ``auc`` and ``images``."""
         if not self.labels:
             raise ValueError("MetricAccumulator.compute: no batches were added")
         dice = [torch.cat(d).mean().item() for d in self.dice]
@@ -141,6 +148,9 @@ class MetricAccumulator:
         out = {
             "dice_lesion": dice[1],
             "iou_lesion": iou[1],
+            "dice_lesion_pooled": (
+                2 * self.pooled[0].item() / self.pooled[1].item() if self.pooled[1] > 0 else 1.0
+            ),
             "dice_mean": (dice[0] + dice[1]) / 2,
             "iou_mean": (iou[0] + iou[1]) / 2,
         }

@@ -23,6 +23,7 @@ METRICS = (
     ("accuracy", "Table 2: accuracy (%)"),
     ("auc", "Not in the paper: classification AUC (%)"),
     ("iou_lesion", "Not in the paper: lesion IoU (%)"),
+    ("dice_lesion_pooled", "Not in the paper: lesion Dice of the pooled test pixels (%)"),
 )
 PSEUDO_KEYS = (
     ("pseudo_cls/kept_unlabeled", "cls kept"),

@@ -57,4 +57,6 @@ def test_accumulator_means_over_images() -> None:
     )
     m = acc.compute()
     assert m["dice_lesion"] == pytest.approx((1.0 + 2 / 3) / 2)
+    # pooled: 2 lesion pixels predicted, 3 true, 2 shared -> 2 * 2 / (2 + 3)
+    assert m["dice_lesion_pooled"] == pytest.approx(0.8)
     assert m["accuracy"] == pytest.approx(0.5) and m["images"] == 2
