@@ -74,6 +74,12 @@ VARIANTS: dict[str, Variant] = {
             "Hermes, weak and strong views in separate passes",
             (("method.concat_views", False),),
         ),
+        # improvements that are not in the paper
+        Variant(
+            "ema_teacher",
+            "Hermes, pseudo-labels from an EMA teacher",
+            (("method.teacher", "ema"),),
+        ),
         Variant("mean_teacher", "Mean Teacher", (("method.mode", "mean_teacher"),)),
         Variant("fixmatch", "FixMatch (threshold 0.95)", (("method.mode", "fixmatch"),)),
     )

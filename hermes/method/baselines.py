@@ -18,7 +18,6 @@ running statistics to the labeled pass. :func:`build_method` picks the method fr
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -36,6 +35,7 @@ from hermes.method.method import (
     supervised_terms,
 )
 from hermes.method.schedules import rampup
+from hermes.method.teacher import ema_update, frozen_copy
 from hermes.models.layers import frozen_bn_statistics
 
 Batch = dict[str, Any]
@@ -131,19 +131,12 @@ class MeanTeacherMethod(_Baseline):
         backend: str | None = None,
     ) -> None:
         super().__init__(model, cfg, comm, backend)
-        self.teacher = copy.deepcopy(model)
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
+        self.teacher = frozen_copy(model)
 
-    @torch.no_grad()
     def update_teacher(self, step: int) -> float:
-        """``theta' <- a theta' + (1 - a) theta`` with ``a = min(1 - 1 / (step + 1), decay)``
-        (``step`` >= 1: the student has taken ``step`` optimiser steps). Returns ``a``."""
-        decay = min(1.0 - 1.0 / (step + 1), self.cfg.mean_teacher.ema_decay)
-        student = dict(self.model.named_parameters())
-        for name, p in self.teacher.named_parameters():
-            p.mul_(decay).add_(student[name].detach().to(p.dtype), alpha=1.0 - decay)
-        return decay
+        """The EMA update after the student's ``step``-th optimiser step (:func:`ema_update`
+        with ``mean_teacher.ema_decay``). Returns the decay used."""
+        return ema_update(self.teacher, self.model, step, self.cfg.mean_teacher.ema_decay)
 
     def unlabeled_terms(
         self, unlabeled: Batch, step: int, total_steps: int, logs: dict[str, Tensor]

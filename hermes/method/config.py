@@ -15,6 +15,7 @@ from hermes.checks import require
 MODES = ("hermes", "supervised", "mean_teacher", "fixmatch")
 PSEUDO_LABELS = ("dual", "fixed")
 PIXEL_RELIABILITY = ("and", "authors")
+TEACHERS = ("student", "ema")
 
 
 @dataclass
@@ -158,6 +159,12 @@ class MethodConfig:
             not update BatchNorm's running statistics, so that these (used at test time) come
             from the labeled pass alone, the same path (with attention) as at test time. Not in
             the paper; off in the paper preset (docs/results.md says when it matters).
+        teacher: where Hermes's pseudo-labels come from. ``"student"`` (the paper): the
+            network's own weak-view prediction. ``"ema"`` (not in the paper): an exponential
+            moving average of the networks (``teacher_decay``, Mean Teacher's update) predicts
+            the weak view as at test time (saliency, attention); the student's own views still
+            give the contrastive features. Costs one more forward pass of the weak view.
+        teacher_decay: the EMA decay of ``teacher: ema``.
     """
 
     mode: str = "hermes"
@@ -178,6 +185,8 @@ class MethodConfig:
     concat_views: bool = True
     unlabeled_truth_stats: bool = True
     freeze_bn_unlabeled: bool = False
+    teacher: str = "student"
+    teacher_decay: float = 0.99
     weights: LossWeights = field(default_factory=LossWeights)
     memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
@@ -190,6 +199,13 @@ class MethodConfig:
             "method.pseudo_labels",
             f"one of {PSEUDO_LABELS}",
             self.pseudo_labels,
+        )
+        require(self.teacher in TEACHERS, "method.teacher", f"one of {TEACHERS}", self.teacher)
+        require(
+            isinstance(self.teacher_decay, (int, float)) and 0.0 <= self.teacher_decay <= 1.0,
+            "method.teacher_decay",
+            "a number in [0, 1]",
+            self.teacher_decay,
         )
         require(
             self.pixel_reliability in PIXEL_RELIABILITY,

@@ -38,6 +38,7 @@ from hermes.method.losses import (
 )
 from hermes.method.memory import ClassQueues
 from hermes.method.schedules import consistency_weight, entropy_threshold
+from hermes.method.teacher import ema_update, frozen_copy
 from hermes.models.layers import frozen_bn_statistics
 from hermes.ops import DualThresholdOutput, dual_threshold
 
@@ -96,6 +97,8 @@ class HermesMethod(nn.Module):
         mcfg = model.cfg
         self.num_classes: int = mcfg.num_classes
         self.seg_classes: int = mcfg.seg_classes
+        # the pseudo-label teacher (method.teacher: ema); part of the state dict when present
+        self.teacher = frozen_copy(model) if self.cfg.teacher == "ema" else None
         memory = self.cfg.memory
         self.image_bank = (
             ClassQueues(self.num_classes, memory.size, mcfg.proj_dim) if memory.image else None
@@ -146,8 +149,11 @@ class HermesMethod(nn.Module):
         lam = 0.0
         if cfg.mode == "hermes" and unlabeled is not None:
             cls_u, seg_u = self._unlabeled_forward(unlabeled["weak"], unlabeled["strong"])
-            pl_cls = self._pseudo_label(cls_u.weak.logits, eta_cls)
-            pl_seg = self._pseudo_label(seg_u.weak.logits, eta_seg)
+            cls_w, seg_w = cls_u.weak, seg_u.weak
+            if self.teacher is not None:
+                cls_w, seg_w = self._teacher_forward(self.teacher, unlabeled["weak"], step, logs)
+            pl_cls = self._pseudo_label(cls_w.logits, eta_cls)
+            pl_seg = self._pseudo_label(seg_w.logits, eta_seg)
             log_unlabeled_pseudo(logs, pl_cls, pl_seg, unlabeled, comm, cfg.unlabeled_truth_stats)
 
             if w.ce_u > 0:
@@ -215,6 +221,17 @@ class HermesMethod(nn.Module):
         """Both branches on both views (no attention on unlabeled passes, as the public code)."""
         with frozen_bn_statistics(self.model, self.cfg.freeze_bn_unlabeled):
             return self._unlabeled_views(weak, strong)
+
+    @torch.no_grad()
+    def _teacher_forward(
+        self, teacher: nn.Module, weak: Tensor, step: int, logs: dict[str, Tensor]
+    ) -> tuple[Any, Any]:
+        """The EMA teacher's prediction of the weak view, after its update for the student's
+        ``step``-th optimiser step (at the start of the next forward, as Mean Teacher's, so
+        that every rank applies the same update and a resumed run repeats it)."""
+        decay = ema_update(teacher, self.model, step, self.cfg.teacher_decay) if step else 0.0
+        logs["schedule/teacher_decay"] = torch.tensor(decay)
+        return full_forward(teacher, weak)
 
     def _unlabeled_views(self, weak: Tensor, strong: Tensor) -> tuple[_Views, _Views]:
         if self.cfg.concat_views:

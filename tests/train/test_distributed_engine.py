@@ -323,13 +323,17 @@ def test_mean_teacher_identical_on_every_rank(ranks):
     assert any(not torch.equal(a[k], a[k.replace("/teacher.", "/model.")]) for k in moved)
 
 
-def test_mean_teacher_refuses_zero3_before_any_worker_starts():
+def test_ema_teachers_refuse_zero3_before_any_worker_starts():
+    from hermes.method import MethodConfig
     from hermes.train.distributed.engine import check_method, load_deepspeed_config
 
     zero3 = load_deepspeed_config("zero3", micro_batch=2, grad_clip=None, use_gpu=False)
+    zero2 = load_deepspeed_config("zero2", micro_batch=2, grad_clip=None, use_gpu=False)
     with pytest.raises(ValueError, match="method.mode.*stage 3"):
-        check_method("mean_teacher", zero3)
-    check_method("fixmatch", zero3)
-    check_method(
-        "mean_teacher", load_deepspeed_config("zero2", micro_batch=2, grad_clip=None, use_gpu=False)
-    )
+        check_method(MethodConfig(mode="mean_teacher"), zero3)
+    with pytest.raises(ValueError, match="method.teacher.*stage 3"):
+        check_method(MethodConfig(teacher="ema"), zero3)
+    check_method(MethodConfig(mode="fixmatch"), zero3)
+    check_method(MethodConfig(), zero3)
+    check_method(MethodConfig(mode="mean_teacher"), zero2)
+    check_method(MethodConfig(teacher="ema"), zero2)

@@ -25,10 +25,14 @@ LOSS_KEYS = (
 )
 
 
-@pytest.mark.parametrize("mode", ["hermes", "mean_teacher", "fixmatch"])
-def test_resume_is_exact(tiny_overrides: list[str], tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    "method",
+    ["mode=hermes", "mode=mean_teacher", "mode=fixmatch", "teacher=ema"],
+    ids=["hermes", "mean_teacher", "fixmatch", "hermes_ema_teacher"],
+)
+def test_resume_is_exact(tiny_overrides: list[str], tmp_path: Path, method: str) -> None:
     cfg = load_config(
-        "default", [*tiny_overrides, "optim.steps=4", "eval.every=0", f"method.mode={mode}"]
+        "default", [*tiny_overrides, "optim.steps=4", "eval.every=0", f"method.{method}"]
     )
     full = train(replace(cfg, out_dir=str(tmp_path / "full")), report=False)
     half = train(replace(cfg, out_dir=str(tmp_path / "half")), stop_after=2, report=False)
@@ -39,7 +43,7 @@ def test_resume_is_exact(tiny_overrides: list[str], tmp_path: Path, mode: str) -
     assert [h["step"] for h in resumed.state.history] == [0.0, 1.0, 2.0, 3.0]
     for a, b in zip(full.state.history, resumed.state.history, strict=True):
         keys = [k for k in a if k.startswith(("loss/", "schedule/", "pseudo_", "teacher/"))]
-        assert set(LOSS_KEYS) <= set(keys) or mode != "hermes"
+        assert set(LOSS_KEYS) <= set(keys) or cfg.method.mode != "hermes"
         for key in keys:
             assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), (
                 a["step"],

@@ -94,14 +94,21 @@ def avoid_shm_build() -> None:
         deepspeed.ops.__compatible_ops__[builder.NAME] = False
 
 
-def check_method(mode: str, ds_config: dict[str, Any]) -> None:
-    """Refuse a method the DeepSpeed config cannot run: Mean Teacher's EMA update reads the
-    student's full weights at the start of each step, which ZeRO-3 keeps partitioned."""
+def check_method(method_cfg: Any, ds_config: dict[str, Any]) -> None:
+    """Refuse a method the DeepSpeed config cannot run: an EMA teacher (Mean Teacher, or Hermes
+    with ``method.teacher: ema``) reads the student's full weights at the start of each step,
+    which ZeRO-3 keeps partitioned. ``method_cfg`` is a :class:`hermes.method.MethodConfig`."""
     stage = int(ds_config.get("zero_optimization", {}).get("stage", 0))
-    if mode == "mean_teacher" and stage == 3:
+    if method_cfg.mode == "mean_teacher":
+        what = "method.mode: 'mean_teacher'"
+    elif method_cfg.mode == "hermes" and method_cfg.teacher == "ema":
+        what = "method.teacher: 'ema'"
+    else:
+        return
+    if stage == 3:
         raise ValueError(
-            "method.mode: 'mean_teacher' runs under ZeRO stages 0-2, got a DeepSpeed config with "
-            "stage 3 (distributed.deepspeed_config); use zero1 or zero2"
+            f"{what} runs under ZeRO stages 0-2, got a DeepSpeed config with stage 3 "
+            "(distributed.deepspeed_config); use zero1 or zero2"
         )
 
 

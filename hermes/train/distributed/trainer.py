@@ -78,7 +78,7 @@ def train_on_ray(
         grad_clip=cfg.optim.grad_clip,
         use_gpu=dcfg.use_gpu,
     )
-    check_method(cfg.method.mode, ds_cfg)  # before any worker starts
+    check_method(cfg.method, ds_cfg)  # before any worker starts
     check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
     out = Path(cfg.out_dir).resolve()
