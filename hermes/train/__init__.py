@@ -1,12 +1,13 @@
-"""Training: configuration, the shared step, the single-process loop, checkpoints, reports.
+"""Training: configuration, the shared step, one loop for every engine, checkpoints, reports.
 
-For the distributed trainer (``hermes.train.distributed``) the reusable pieces are
-:func:`build_everything` (data, networks, method, optimisers, schedules), :func:`train_step`,
-:class:`BatchStream`, :func:`save_checkpoint` / :func:`restore`, :func:`run_evaluation` and
-:func:`hermes.train.report.write_run_report`.
+:func:`train` runs in one process (:class:`LocalEngine`, ``last.pt`` / ``best.pt``); the
+distributed trainer (``hermes.train.distributed``) runs the same :func:`run_loop` on each Ray
+worker with a DeepSpeed engine. Both build with :func:`build_everything` (data, networks,
+method, optimisers, schedules).
 """
 
 from hermes.train.build import Components, build_everything, build_optimizers, resolve_device
+from hermes.train.checkpoint import Checkpoints, FileCheckpoints
 from hermes.train.config import (
     DistributedConfig,
     EvalConfig,
@@ -16,23 +17,21 @@ from hermes.train.config import (
     save_config,
     to_dict,
 )
-from hermes.train.loop import (
-    RunResult,
-    TrainState,
-    logs_to_floats,
-    restore,
-    run_evaluation,
-    save_checkpoint,
-    train,
-)
+from hermes.train.engine import Engine, LocalEngine
+from hermes.train.loop import logs_to_floats, run_evaluation, run_loop, train
+from hermes.train.state import RunResult, TrainState
 from hermes.train.step import train_step
 from hermes.train.stream import BatchStream
 
 __all__ = [
     "BatchStream",
+    "Checkpoints",
     "Components",
     "DistributedConfig",
+    "Engine",
     "EvalConfig",
+    "FileCheckpoints",
+    "LocalEngine",
     "OptimConfig",
     "RunResult",
     "TrainConfig",
@@ -42,9 +41,8 @@ __all__ = [
     "load_config",
     "logs_to_floats",
     "resolve_device",
-    "restore",
     "run_evaluation",
-    "save_checkpoint",
+    "run_loop",
     "save_config",
     "to_dict",
     "train",

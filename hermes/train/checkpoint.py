@@ -1,9 +1,18 @@
-"""Atomic checkpoints that resume exactly, and loading a model back from one.
+"""Atomic checkpoints that resume exactly, where a run's checkpoints go, and loading a model
+back from one.
 
 A checkpoint holds the method (networks and memory bank), both optimisers and schedulers, the
 loss scaler, the step, the data streams' positions, the RNG states of torch (CPU and CUDA),
 numpy and ``random``, the configuration, and the history of logged values and evaluations (so
 that the report of a resumed run is complete).
+
+:class:`Checkpoints` is what the training loop (:func:`hermes.train.loop.run_loop`) saves
+through and resumes from; :class:`FileCheckpoints` writes ``last.pt`` and ``best.pt`` for one
+process, :class:`hermes.train.distributed.worker.RayCheckpoints` writes DeepSpeed checkpoints
+into Ray's. The loop hands over two parts: the run's entries (``step``, ``evals``, ``best``:
+the same in every process; ``history``: the logged values, of which a distributed checkpoint
+keeps rank 0's) and the process's own (``streams``: the data positions; ``rng``: the RNG
+states, restored after the streams are repositioned).
 
 Only tensors and plain Python values (dicts, lists, tuples, numbers, strings, ``None``) go in,
 so every checkpoint loads with ``torch.load(path, weights_only=True)``; numpy's RNG state is
@@ -17,11 +26,16 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from hermes.train.config import TrainConfig
+    from hermes.train.engine import LocalEngine
 
 FORMAT_VERSION = 1
 
@@ -126,6 +140,84 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path}: not a Hermes training checkpoint (format {FORMAT_VERSION} expected)"
         )
     return ckpt
+
+
+def checkpoint_dict(cfg: TrainConfig, classes: Sequence[str], **entries: Any) -> dict[str, Any]:
+    """A checkpoint: ``format``, ``config`` and ``classes``, then ``entries`` (the engine's,
+    the run's and the process's; see the module docstring)."""
+    from hermes.train.config import to_dict
+
+    return {"format": FORMAT_VERSION, "config": to_dict(cfg), "classes": list(classes), **entries}
+
+
+class Checkpoints:
+    """Where a run's checkpoints go, and the state a resumed run starts from.
+
+    ``last`` is where the run's resumable checkpoint lies (a file or a folder). The methods are
+    called in every process of a run, at the same steps: an implementation decides which
+    process writes what.
+    """
+
+    last: Path
+
+    def restore(self) -> dict[str, Any] | None:
+        """Load the engine's state from the checkpoint the run continues and return the
+        checkpoint's run and process entries; ``None`` for a new run."""
+        raise NotImplementedError
+
+    def save(self, run: dict[str, Any], own: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Write the resumable checkpoint at ``run["step"]``. ``metrics``: the latest logged
+        values (for a caller that reports them with the checkpoint)."""
+        raise NotImplementedError
+
+    def save_best(self, run: dict[str, Any], own: dict[str, Any]) -> None:
+        """Write ``best.pt``, the checkpoint at the best evaluation so far."""
+        raise NotImplementedError
+
+    def logged(self, step: int, metrics: dict[str, float]) -> None:
+        """The values logged at a step (``step`` steps done) at which no checkpoint is written
+        (nothing by default)."""
+
+
+class FileCheckpoints(Checkpoints):
+    """``last.pt`` and ``best.pt`` in ``out_dir``, each a whole checkpoint of one process.
+
+    Args:
+        out_dir: the run's folder.
+        cfg: the run's configuration (stored in every checkpoint).
+        classes: the data's class names.
+        engine: the engine whose state is saved and restored.
+        resume: the checkpoint the run continues (``None``: a new run).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        cfg: TrainConfig,
+        classes: Sequence[str],
+        engine: LocalEngine,
+        resume: str | Path | None = None,
+    ) -> None:
+        self.out, self.cfg, self.classes = Path(out_dir), cfg, list(classes)
+        self.engine, self.resume = engine, resume
+        self.last = self.out / "last.pt"
+
+    def restore(self) -> dict[str, Any] | None:
+        if self.resume is None:
+            return None
+        ckpt = load_checkpoint(self.resume)
+        self.engine.load_state_dict(ckpt)
+        return ckpt
+
+    def _write(self, path: Path, run: dict[str, Any], own: dict[str, Any]) -> None:
+        state = self.engine.state_dict()
+        atomic_save(checkpoint_dict(self.cfg, self.classes, **state, **run, **own), path)
+
+    def save(self, run: dict[str, Any], own: dict[str, Any], metrics: dict[str, float]) -> None:
+        self._write(self.last, run, own)
+
+    def save_best(self, run: dict[str, Any], own: dict[str, Any]) -> None:
+        self._write(self.out / "best.pt", run, own)
 
 
 def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -1,8 +1,29 @@
-"""The single-process training loop: steps, logging, evaluation, checkpoints, report.
+"""The training loop, written once for every engine: steps, logging, periodic evaluation and
+``best.pt``, checkpoints, the final evaluation and the report.
 
-The pieces are functions the distributed trainer can reuse: :func:`save_checkpoint`,
-:func:`restore`, :func:`logs_to_floats`, :func:`run_evaluation` and
-:func:`hermes.train.report.write_run_report`.
+:func:`run_loop` drives an :class:`~hermes.train.engine.Engine` and saves through a
+:class:`~hermes.train.checkpoint.Checkpoints`. :func:`train` is the single-process run
+(:class:`~hermes.train.engine.LocalEngine`, ``last.pt`` and ``best.pt`` files); each Ray worker
+of a distributed run calls :func:`run_loop` with the DeepSpeed engine and Ray checkpoints
+(:mod:`hermes.train.distributed.worker`).
+
+In every process, after each step:
+
+- every ``log_every`` steps (and at the last): the logs and the learning rates join the history;
+- every ``eval.every`` steps (and at the last): the networks are evaluated on the test split;
+  when ``eval.best_metric`` improves, ``best.pt`` is written;
+- every ``checkpoint_every`` steps, and where the run stops: the resumable checkpoint.
+
+Only the main process (the single process, or rank 0) writes ``config.yaml``, TensorBoard,
+the log lines and the report; which process writes which checkpoint file is the
+:class:`~hermes.train.checkpoint.Checkpoints`' decision.
+
+RNG: the loop never seeds. It starts from the RNG state its caller left
+(:func:`~hermes.train.build.build_everything` seeds with ``cfg.seed``; a Ray worker then seeds
+from ``(seed, rank)``). Every checkpoint holds the RNG states of each process (torch CPU and
+CUDA, numpy, ``random``), and a resume restores them after repositioning the data streams, so a
+resumed run draws what the uninterrupted run drew: on the CPU the losses and weights are
+bit-identical. Evaluation leaves the RNG untouched.
 """
 
 from __future__ import annotations
@@ -10,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +44,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from hermes.comm import Comm
 from hermes.eval.evaluate import Evaluation, evaluate, format_metrics
 from hermes.train.build import Components, build_everything, resolve_device
-from hermes.train.checkpoint import (
-    FORMAT_VERSION,
-    atomic_save,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-)
-from hermes.train.config import TrainConfig, save_config, to_dict
+from hermes.train.checkpoint import Checkpoints, FileCheckpoints, rng_state, set_rng_state
+from hermes.train.config import TrainConfig, save_config
+from hermes.train.engine import Engine, LocalEngine
 from hermes.train.interrupt import Interrupted, stop_requests
-from hermes.train.optim import group_lrs
 from hermes.train.preflight import check_backend, check_out_dir
 from hermes.train.report import write_run_report
 from hermes.train.state import RunResult, TrainState
-from hermes.train.step import autocast_context, to_device, train_step
 from hermes.train.stream import BatchStream
 
 logger = logging.getLogger(__name__)
@@ -52,74 +68,6 @@ def logs_to_floats(logs: dict[str, Tensor]) -> dict[str, float]:
     return out
 
 
-def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16 autocast on a GPU; ``None`` for bf16, fp32 or the CPU."""
-    _, dtype = autocast_context(device, cfg.amp)
-    return torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-
-
-def checkpoint_state(
-    comps: Components,
-    streams: dict[str, BatchStream],
-    state: TrainState,
-    scaler: torch.amp.GradScaler | None,
-) -> dict[str, Any]:
-    """Everything needed to resume exactly (see :mod:`hermes.train.checkpoint`)."""
-    return {
-        "format": FORMAT_VERSION,
-        "config": to_dict(comps.cfg),
-        "step": state.step,
-        "method": comps.method.state_dict(),
-        "optimizers": [o.state_dict() for o in comps.optimizers],
-        "schedulers": [s.state_dict() for s in comps.schedulers],
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "streams": {k: s.state_dict() for k, s in streams.items()},
-        "rng": rng_state(),
-        "history": state.history,
-        "evals": state.evals,
-        "best": state.best,
-        "classes": list(comps.data.classes),
-    }
-
-
-def save_checkpoint(
-    path: str | Path,
-    comps: Components,
-    streams: dict[str, BatchStream],
-    state: TrainState,
-    scaler: torch.amp.GradScaler | None = None,
-) -> Path:
-    """Write a resumable checkpoint atomically. Returns the path."""
-    atomic_save(checkpoint_state(comps, streams, state, scaler), path)
-    return Path(path)
-
-
-def restore(
-    ckpt: dict[str, Any],
-    comps: Components,
-    streams: dict[str, BatchStream],
-    scaler: torch.amp.GradScaler | None = None,
-) -> TrainState:
-    """Load a checkpoint into freshly built components; the RNG states are restored last
-    (repositioning the streams draws augmentations). Returns the run's state."""
-    comps.method.load_state_dict(ckpt["method"])
-    for opt, sd in zip(comps.optimizers, ckpt["optimizers"], strict=True):
-        opt.load_state_dict(sd)
-    for sched, sd in zip(comps.schedulers, ckpt["schedulers"], strict=True):
-        sched.load_state_dict(sd)
-    if scaler is not None and ckpt.get("scaler") is not None:
-        scaler.load_state_dict(ckpt["scaler"])
-    for name, stream in streams.items():
-        stream.load_state_dict(ckpt["streams"][name])
-    set_rng_state(ckpt["rng"])
-    return TrainState(
-        step=int(ckpt["step"]),
-        history=list(ckpt["history"]),
-        evals=list(ckpt["evals"]),
-        best=ckpt["best"],
-    )
-
-
 def run_evaluation(comps: Components, keep_images: int = 0) -> Evaluation:
     """Evaluate the networks on the test split (RNG untouched)."""
     cfg = comps.cfg
@@ -132,10 +80,172 @@ def run_evaluation(comps: Components, keep_images: int = 0) -> Evaluation:
     )
 
 
+def make_streams(comps: Components, rank: int | None = None) -> dict[str, BatchStream]:
+    """The labeled and unlabeled batch streams; a distributed run's are named by rank, so that
+    each rank draws its own order."""
+    suffix = "" if rank is None else f"/rank{rank}"
+    return {
+        name: BatchStream(getattr(comps.data, name), comps.cfg.seed, f"{name}{suffix}")
+        for name in ("labeled", "unlabeled")
+    }
+
+
 def _is_better(value: float, best: dict[str, float] | None, key: str) -> bool:
     if math.isnan(value):
         return False
     return best is None or math.isnan(best.get(key, math.nan)) or value > best[key]
+
+
+def _run_entries(state: TrainState) -> dict[str, Any]:
+    return {"step": state.step, "history": state.history, "evals": state.evals, "best": state.best}
+
+
+def _own_entries(streams: dict[str, BatchStream]) -> dict[str, Any]:
+    return {"streams": {k: s.state_dict() for k, s in streams.items()}, "rng": rng_state()}
+
+
+def run_loop(
+    comps: Components,
+    engine: Engine,
+    checkpoints: Checkpoints,
+    *,
+    rank: int | None = None,
+    stop_after: int | None = None,
+    report: bool = True,
+    before_step: Callable[[int], None] | None = None,
+    started: float | None = None,
+) -> RunResult:
+    """Train ``comps`` with ``engine`` from where ``checkpoints`` says, to ``optim.steps``.
+
+    Args:
+        comps: the run's data, networks, method and configuration (``comps.cfg.out_dir``
+            receives ``config.yaml``, ``tensorboard/`` and ``report/``).
+        engine: takes the steps (its networks are ``comps.model``).
+        checkpoints: where the run resumes from and saves to.
+        rank: this process's rank in a distributed run (``None``: the single process); only
+            the main process (``None`` or 0) writes files and log lines.
+        stop_after: stop once this many steps are done (a checkpoint is written), as if the
+            run had been interrupted there; the schedule still spans ``optim.steps``.
+        report: write the report folder at the end.
+        before_step: called with each step's index before it runs.
+        started: ``time.perf_counter()`` when the run started (for the report's duration).
+
+    Raises:
+        Interrupted: on Ctrl-C (SIGINT), after the current step and a checkpoint at it.
+    """
+    started = time.perf_counter() if started is None else started
+    cfg = comps.cfg
+    main = rank is None or rank == 0
+    out = Path(cfg.out_dir)
+    streams = make_streams(comps, rank)
+    state = TrainState()
+    restored = checkpoints.restore()
+    if restored is not None:
+        for name, stream in streams.items():
+            stream.load_state_dict(restored["streams"][name])
+        set_rng_state(restored["rng"])  # last: repositioning the streams drew augmentations
+        state = TrainState(
+            step=int(restored["step"]),
+            history=list(restored["history"]),
+            evals=list(restored["evals"]),
+            best=restored["best"],
+        )
+        logger.info("resumed at step %d", state.step)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    total = cfg.optim.steps
+    end = total if stop_after is None else min(stop_after, total)
+    supervised = cfg.method.mode == "supervised"
+    writer = SummaryWriter(str(out / "tensorboard")) if main else None
+    show_bar = main and cfg.progress
+    bar = tqdm(
+        total=total, initial=state.step, desc=cfg.name, disable=not show_bar, dynamic_ncols=True
+    )
+    line_every = max(cfg.log_every, total // 20)  # without a bar: about 20 progress lines
+    first, t0 = state.step, time.perf_counter()
+    values: dict[str, float] = {}
+    final: Evaluation | None = None
+    saved_at: int | None = None
+    comps.method.train()
+
+    def evaluate_now(is_final: bool) -> Evaluation:
+        keep = cfg.eval.figure_images if is_final and main else 0
+        ev = engine.evaluate(lambda: run_evaluation(comps, keep_images=keep))
+        record = {"step": float(state.step), **ev.metrics}
+        state.evals.append(record)
+        if writer is not None:
+            for key, value in ev.metrics.items():
+                writer.add_scalar(f"test/{key}", value, state.step)
+            logger.info("step %d: %s", state.step, format_metrics(ev.metrics))
+        key = cfg.eval.best_metric  # a metric name (checked by EvalConfig)
+        if _is_better(ev.metrics[key], state.best, key):
+            state.best = record
+            checkpoints.save_best(_run_entries(state), _own_entries(streams))
+        return ev
+
+    # log lines go through tqdm, so that they never cut the progress bar
+    redirect = logging_redirect_tqdm() if show_bar else contextlib.nullcontext()
+    with stop_requests() as stop, redirect:  # Ctrl-C: finish the step, then leave the loop
+        try:
+            while state.step < end and not stop.requested:
+                step = state.step
+                if before_step is not None:
+                    before_step(step)
+                labeled = next(streams["labeled"])
+                unlabeled = None if supervised else next(streams["unlabeled"])
+                logs = engine.step(labeled, unlabeled, step, total)
+                state.step = step + 1
+                logged = step % cfg.log_every == 0 or state.step == total
+                if logged:
+                    values = logs_to_floats(logs)
+                    values.update(engine.lrs())
+                    state.history.append({"step": float(step), **values})
+                    if writer is not None:
+                        for key, value in values.items():
+                            writer.add_scalar(key, value, step)
+                    bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
+                bar.update(1)
+                if main and not show_bar and (state.step % line_every == 0 or state.step == end):
+                    logger.info(
+                        "step %d/%d loss %.4f (%.2f steps/s)",
+                        state.step,
+                        total,
+                        values.get("loss/total", math.nan),
+                        (state.step - first) / (time.perf_counter() - t0),
+                    )
+                is_final = state.step == total
+                if (cfg.eval.every and state.step % cfg.eval.every == 0) or is_final:
+                    ev = evaluate_now(is_final)
+                    final = ev if is_final else final
+                every = cfg.checkpoint_every
+                if (every and state.step % every == 0) or state.step == end:
+                    checkpoints.save(_run_entries(state), _own_entries(streams), values)
+                    saved_at = state.step
+                elif logged:
+                    checkpoints.logged(state.step, values)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+    if saved_at != state.step:  # stopped by Ctrl-C, or resumed at the end
+        checkpoints.save(_run_entries(state), _own_entries(streams), values)
+    if state.step < end:
+        logger.warning(
+            "interrupted at step %d of %d: checkpoint %s", state.step, total, checkpoints.last
+        )
+        raise Interrupted(checkpoints.last, state.step, total)
+
+    if state.step == total and final is None:  # resumed from a finished run
+        keep = cfg.eval.figure_images if main else 0
+        final = engine.evaluate(lambda: run_evaluation(comps, keep_images=keep))
+    result = RunResult(cfg, out, state, final, checkpoints.last, time.perf_counter() - started)
+    if main and report and final is not None:
+        write_run_report(result, comps.data.classes)
+    return result
 
 
 def train(
@@ -147,7 +257,8 @@ def train(
     report: bool = True,
     overwrite: bool = False,
 ) -> RunResult:
-    """Train ``cfg`` (optionally resuming a checkpoint) and write checkpoints and the report.
+    """Train ``cfg`` in this process (optionally resuming a checkpoint) and write checkpoints
+    and the report.
 
     Args:
         cfg: the configuration (``cfg.out_dir`` receives ``config.yaml``, ``last.pt``,
@@ -167,97 +278,14 @@ def train(
         Interrupted: on Ctrl-C (SIGINT), after the current step and a checkpoint at it
             (``last.pt``); resume from that checkpoint to continue exactly.
     """
-    import time
-
-    from torch.utils.tensorboard import SummaryWriter
-
-    start = time.perf_counter()
-    out = Path(cfg.out_dir)
-    check_out_dir(out, resume=resume, overwrite=overwrite)
+    started = time.perf_counter()
+    check_out_dir(cfg.out_dir, resume=resume, overwrite=overwrite)
     check_backend(cfg.backend, resolve_device(cfg.device))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
     comps = build_everything(cfg, comm)
-    streams = {
-        "labeled": BatchStream(comps.data.labeled, cfg.seed, "labeled"),
-        "unlabeled": BatchStream(comps.data.unlabeled, cfg.seed, "unlabeled"),
-    }
-    scaler = make_scaler(cfg, comps.device)
-    state = TrainState()
+    engine = LocalEngine(comps)
+    checkpoints = FileCheckpoints(cfg.out_dir, cfg, comps.data.classes, engine, resume)
     if resume is not None:
-        state = restore(load_checkpoint(resume), comps, streams, scaler)
-        logger.info("resumed from %s at step %d", resume, state.step)
-
-    total = cfg.optim.steps
-    end = total if stop_after is None else min(stop_after, total)
-    last = out / "last.pt"
-    supervised = cfg.method.mode == "supervised"
-    writer = SummaryWriter(str(out / "tensorboard"))
-    bar = tqdm(
-        total=total, initial=state.step, desc=cfg.name, disable=not cfg.progress, dynamic_ncols=True
+        logger.info("resuming from %s", resume)
+    return run_loop(
+        comps, engine, checkpoints, stop_after=stop_after, report=report, started=started
     )
-    comps.method.train()
-    final: Evaluation | None = None
-    # log lines go through tqdm, so that they never cut the progress bar
-    redirect = logging_redirect_tqdm() if cfg.progress else contextlib.nullcontext()
-    with stop_requests() as stop, redirect:  # Ctrl-C: finish the step, then leave the loop
-        try:
-            while state.step < end and not stop.requested:
-                step = state.step
-                labeled = to_device(next(streams["labeled"]), comps.device)
-                unlabeled = (
-                    None if supervised else to_device(next(streams["unlabeled"]), comps.device)
-                )
-                logs = train_step(
-                    comps.method,
-                    comps.optimizers,
-                    comps.schedulers,
-                    labeled,
-                    unlabeled,
-                    step,
-                    total,
-                    amp=cfg.amp,
-                    scaler=scaler,
-                    grad_clip=cfg.optim.grad_clip,
-                )
-                state.step = step + 1
-                if step % cfg.log_every == 0 or state.step == total:
-                    values = logs_to_floats(logs)
-                    values.update(group_lrs([g for o in comps.optimizers for g in o.param_groups]))
-                    for key, value in values.items():
-                        writer.add_scalar(key, value, step)
-                    state.history.append({"step": float(step), **values})
-                    bar.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
-                bar.update(1)
-                is_final = state.step == total
-                if (cfg.eval.every and state.step % cfg.eval.every == 0) or is_final:
-                    ev = run_evaluation(
-                        comps, keep_images=cfg.eval.figure_images if is_final else 0
-                    )
-                    if is_final:
-                        final = ev
-                    record = {"step": float(state.step), **ev.metrics}
-                    state.evals.append(record)
-                    for key, value in ev.metrics.items():
-                        writer.add_scalar(f"test/{key}", value, state.step)
-                    logger.info("step %d: %s", state.step, format_metrics(ev.metrics))
-                    key = cfg.eval.best_metric  # a metric name (checked by EvalConfig)
-                    if _is_better(ev.metrics[key], state.best, key):
-                        state.best = record
-                        save_checkpoint(out / "best.pt", comps, streams, state, scaler)
-                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
-                    save_checkpoint(last, comps, streams, state, scaler)
-        finally:
-            bar.close()
-            writer.close()
-    save_checkpoint(last, comps, streams, state, scaler)
-    if state.step < end:  # stopped by Ctrl-C
-        logger.warning("interrupted at step %d of %d: checkpoint %s", state.step, total, last)
-        raise Interrupted(last, state.step, total)
-
-    if state.step == total and final is None:  # resumed from a finished run
-        final = run_evaluation(comps, keep_images=cfg.eval.figure_images)
-    result = RunResult(cfg, out, state, final, last, time.perf_counter() - start)
-    if report and final is not None:
-        write_run_report(result, comps.data.classes)
-    return result

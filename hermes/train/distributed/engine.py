@@ -1,4 +1,5 @@
-"""The method module inside one DeepSpeed engine.
+"""The method module inside one DeepSpeed engine, and :class:`DeepSpeedEngine`, the
+:class:`hermes.train.engine.Engine` that the training loop drives on each Ray worker.
 
 - DeepSpeed config: a JSON file of ``hermes/configs/deepspeed/`` (ZeRO stage, bf16; installed with
   the package), completed here
@@ -9,21 +10,31 @@
   use, 20-40 s per fresh machine) is *avoided*, not cached: it is marked unavailable before
   ``deepspeed.initialize``, so gradients go through gloo. It only exists for the CPU
   accelerator; on GPUs NCCL is used and nothing is compiled.
+- Checkpoint: DeepSpeed's folder (module weights and the run's entries, written by rank 0; one
+  optimiser partition per rank; the schedule) plus one file per rank with what differs between
+  ranks: the data positions, the RNG states and the module's buffers (BatchNorm running
+  statistics are per rank, and DeepSpeed would load rank 0's into every rank). Resuming
+  restores all of it, so a resumed run is the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+import torch.distributed as dist
+from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from hermes.eval.evaluate import Evaluation
+from hermes.train.checkpoint import atomic_save, rng_state
 from hermes.train.distributed.optim import BranchOptimizer
-from hermes.train.optim import param_groups
+from hermes.train.optim import group_lrs, param_groups
+from hermes.train.step import Batch
 
 logger = logging.getLogger(__name__)
 
@@ -181,3 +192,91 @@ def full_state_dict(engine: Any) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return copy()
     return copy()
+
+
+def _cast(batch: Batch, device: torch.device, dtype: torch.dtype) -> Batch:
+    """The batch's tensors on ``device``, floating-point ones in ``dtype``."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if v.is_floating_point():
+                v = v.to(dtype)
+        out[k] = v
+    return out
+
+
+class DeepSpeedEngine:
+    """One rank's step, learning rates, evaluation and checkpoint folder, over a DeepSpeed
+    engine (see the module docstring for what a checkpoint holds).
+
+    Args:
+        engine: what :func:`build_engine` returned.
+        device: this rank's device.
+        rank: this rank (names its file in the checkpoint folder).
+    """
+
+    def __init__(self, engine: Any, device: torch.device, rank: int) -> None:
+        self.engine, self.device, self.rank = engine, device, rank
+        self.dtype = engine_dtype(engine)
+
+    def step(
+        self, labeled: Batch, unlabeled: Batch | None, step: int, total: int
+    ) -> dict[str, Tensor]:
+        labeled = _cast(labeled, self.device, self.dtype)
+        unlabeled = None if unlabeled is None else _cast(unlabeled, self.device, self.dtype)
+        loss, logs = self.engine(labeled, unlabeled, step=step, total_steps=total)
+        self.engine.backward(loss)
+        self.engine.step()
+        return logs
+
+    def lrs(self) -> dict[str, float]:
+        return group_lrs(self.engine.optimizer.param_groups)
+
+    def evaluate(self, run: Callable[[], Evaluation]) -> Evaluation:
+        """Every rank evaluates with its full copy of the networks (under ZeRO-3 the forward
+        pass gathers parameters, a collective), then takes rank 0's metrics: BatchNorm running
+        statistics, which evaluation uses, differ between ranks, and rank 0's weights are the
+        ones exported."""
+        ev = run()
+        keys = list(ev.metrics)
+        values = torch.tensor([ev.metrics[k] for k in keys], dtype=torch.float64)
+        values = values.to(self.device)
+        dist.broadcast(values, src=0)
+        ev.metrics = dict(zip(keys, values.cpu().tolist(), strict=True))
+        return ev
+
+    def weights(self) -> dict[str, Tensor]:
+        """The method's full state dict in fp32 on the CPU (a collective under ZeRO-3)."""
+        return full_state_dict(self.engine)
+
+    def save(self, folder: Path, run: dict[str, Any], own: dict[str, Any]) -> None:
+        """Write ``folder/deepspeed/step<N>/`` (every rank takes part; ``run`` is the client
+        state) and ``folder/rank<r>.pt`` (``own`` and this rank's module buffers)."""
+        self.engine.save_checkpoint(
+            str(folder / "deepspeed"), tag=f"step{run['step']}", client_state=run
+        )
+        buffers = {k: v.detach().cpu().clone() for k, v in self.engine.module.named_buffers()}
+        atomic_save({**own, "buffers": buffers}, folder / f"rank{self.rank}.pt")
+
+    def load(self, folder: Path) -> dict[str, Any]:
+        """Load what :meth:`save` wrote in ``folder``; returns the run's and this rank's
+        entries. A checkpoint without rank files (written before they existed) resumes with
+        rank 0's data positions and the current RNG state, not exactly."""
+        path, client = self.engine.load_checkpoint(str(folder / "deepspeed"))
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint under {folder / 'deepspeed'}")
+        mine = folder / f"rank{self.rank}.pt"
+        if not mine.is_file():
+            if any(folder.glob("rank*.pt")):
+                raise FileNotFoundError(
+                    f"checkpoint {folder}: no {mine.name}; it was written by fewer workers "
+                    "than this run has (distributed.workers must stay the same)"
+                )
+            logger.warning("checkpoint %s has no per-rank RNG state: not an exact resume", folder)
+            return {**client, "rng": rng_state()}
+        own = torch.load(mine, weights_only=True)
+        with torch.no_grad():
+            for name, buf in self.engine.module.named_buffers():
+                buf.copy_(own["buffers"][name])
+        return {**client, "streams": own["streams"], "rng": own["rng"]}

@@ -2,15 +2,18 @@
 
 :func:`train_on_ray` is the distributed counterpart of :func:`hermes.train.train` (same
 arguments, same :class:`~hermes.train.RunResult`): it starts a ``TorchTrainer`` with N workers
-running :func:`~hermes.train.distributed.worker.train_loop_per_worker`, restarts it from its
-last checkpoint after a failure (``distributed.max_failures``), then, on the driver, copies the
-consolidated weights to ``<out_dir>/model.pt``, evaluates them on the test split and writes the
-report to ``<out_dir>/report/``.
+running :func:`~hermes.train.distributed.worker.train_loop_per_worker` (the training loop of
+one process, over a DeepSpeed engine: periodic evaluation, ``best.pt``, the final evaluation
+and the report as in one process), restarts it from its last checkpoint after a failure
+(``distributed.max_failures``), then, on the driver, copies the consolidated weights to
+``<out_dir>/model.pt``.
 
 Where things land (``out_dir`` = ``cfg.out_dir``, ``runs/default/hermes`` by default)::
 
-    <out_dir>/ray/<name>/checkpoint_*/     Ray checkpoints (DeepSpeed shards + model.pt)
+    <out_dir>/ray/<name>/checkpoint_*/     Ray checkpoints (DeepSpeed shards, rank files, model.pt)
     <out_dir>/model.pt                     final weights, for hermes.evaluate / hermes.predict
+    <out_dir>/best.pt                      weights at the best evaluation (model.pt's format)
+    <out_dir>/config.yaml, tensorboard/    as in one process
     <out_dir>/report/                      metrics.json, summary.md, figures
 """
 
@@ -20,6 +23,7 @@ import logging
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +60,7 @@ def train_on_ray(
             DeepSpeed config, the Ray address and how many failures to survive.
         resume: a checkpoint folder of an earlier Ray run (``.../checkpoint_*``) to continue.
         stop_after: stop after this many steps (the schedule still spans ``optim.steps``).
-        report: evaluate the final weights and write the report.
+        report: write the report (rank 0, at the end).
         overwrite: replace a run that ``cfg.out_dir`` already holds (without it, such a folder
             is an error unless ``resume`` lies inside it; see
             :func:`hermes.train.preflight.check_out_dir`).
@@ -87,9 +91,10 @@ def train_on_ray(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "train_config": to_dict(cfg),
+            "train_config": to_dict(replace(cfg, out_dir=str(out))),  # workers run elsewhere
             "resume_from": None if resume is None else str(Path(resume).resolve()),
             "stop_after": stop_after,
+            "report": report,
             "fault": os.environ.get(FAULT_ENV),
         },
         torch_config=TorchConfig(backend="nccl" if dcfg.use_gpu else "gloo"),
@@ -112,34 +117,24 @@ def train_on_ray(
     model_path = out / "model.pt"
     shutil.copyfile(ckpt_dir / "model.pt", model_path)
     logger.info("Ray checkpoint: %s; weights: %s", ckpt_dir, model_path)
-    return _finish(cfg, out, model_path, start, report)
+    return _result(cfg, out, model_path, start)
 
 
-def _finish(cfg: TrainConfig, out: Path, model_path: Path, start: float, report: bool) -> Any:
-    """Evaluate the consolidated weights on the driver and write the report."""
-    from hermes.data import build_data
-    from hermes.eval.evaluate import evaluate
-    from hermes.train.checkpoint import load_checkpoint, load_model
-    from hermes.train.report import write_run_report
+def _result(cfg: TrainConfig, out: Path, model_path: Path, start: float) -> Any:
+    """The run's :class:`~hermes.train.RunResult`, read from its final weights' checkpoint; the
+    final metrics are those of its last evaluation when that was at the last step."""
+    from hermes.eval.evaluate import Evaluation
+    from hermes.train.checkpoint import load_checkpoint
     from hermes.train.state import RunResult, TrainState
 
     ckpt = load_checkpoint(model_path)
     state = TrainState(
-        step=int(ckpt["step"]), history=list(ckpt["history"]), evals=list(ckpt["evals"])
+        step=int(ckpt["step"]),
+        history=list(ckpt["history"]),
+        evals=list(ckpt["evals"]),
+        best=ckpt["best"],
     )
     final = None
-    if state.step == cfg.optim.steps and report:
-        model, _ = load_model(model_path)
-        data = build_data(cfg.data)
-        final = evaluate(
-            model,
-            data.test,
-            "cpu",
-            max_batches=cfg.eval.max_batches,
-            keep_images=cfg.eval.figure_images,
-        )
-        state.evals.append({"step": float(state.step), **final.metrics})
-    result = RunResult(cfg, out, state, final, model_path, time.perf_counter() - start)
-    if final is not None:
-        write_run_report(result, ckpt["classes"])
-    return result
+    if state.step == cfg.optim.steps and state.evals and state.evals[-1]["step"] == state.step:
+        final = Evaluation(metrics={k: v for k, v in state.evals[-1].items() if k != "step"})
+    return RunResult(cfg, out, state, final, model_path, time.perf_counter() - start)

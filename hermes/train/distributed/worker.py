@@ -1,36 +1,47 @@
-"""What each Ray Train worker runs: the single-process step inside a DeepSpeed engine.
+"""What each Ray Train worker runs: the training loop of one process
+(:func:`hermes.train.loop.run_loop`) with the method inside a DeepSpeed engine.
 
 Per worker: the same data, networks and method as the single-process trainer
 (:func:`hermes.train.build_everything`) with a :class:`TorchDistComm`, so thresholds, the
 image-level contrast and the memory bank are those of the global batch; its own shuffled
-streams (named by rank); one DeepSpeed engine over the method. The global batch is
-``workers x data.batch_size`` labeled + ``workers x data.unlabeled_batch_size`` unlabeled.
+streams (named by rank); one :class:`~hermes.train.distributed.engine.DeepSpeedEngine`. The
+global batch is ``workers x data.batch_size`` labeled + ``workers x data.unlabeled_batch_size``
+unlabeled. Logging, periodic evaluation, ``best.pt`` and the report are the loop's, as in one
+process; rank 0 writes the files (``config.yaml``, ``tensorboard/``, ``best.pt``, ``report/``)
+into ``out_dir``, which must be storage every node mounts.
 
-Checkpoints: every ``checkpoint_every`` steps and at the end, every rank writes its DeepSpeed
-shards to a temporary folder and hands it to ``ray.train.report``; Ray merges the ranks' folders
-into one checkpoint under the run's storage path::
+RNG: each rank seeds torch, numpy and ``random`` from ``(seed, rank)`` once its engine is
+built, so the ranks draw different augmentations. From then on it is the loop's rule: every
+checkpoint holds each rank's RNG states and a resume (or a restart after a failure) restores
+them, so the resumed run draws what the uninterrupted run would.
+
+Checkpoints (:class:`RayCheckpoints`): every ``checkpoint_every`` steps and where the run
+stops, every rank writes its part to a temporary folder and hands it to ``ray.train.report``;
+Ray merges the ranks' folders into one checkpoint under the run's storage path::
 
     checkpoint_<time>/deepspeed/latest, deepspeed/step<N>/*.pt   (DeepSpeed, resumable)
-    checkpoint_<time>/model.pt   (fp32 weights in the single-process checkpoint format, for
-                                  hermes.evaluate / hermes.predict; also holds the history)
+    checkpoint_<time>/rank<r>.pt   (rank r's data positions, RNG states and module buffers)
+    checkpoint_<time>/model.pt     (fp32 weights in the single-process checkpoint format, for
+                                    hermes.evaluate / hermes.predict; also holds the history)
 
-On a restart (``FailureConfig``) or with ``resume_from``, training continues from the last
-checkpoint: weights, optimiser, schedule, step, stream positions. Every rank's RNG is reseeded
-from ``(seed, rank, step)`` at each checkpoint step, so a resumed run draws what the
-uninterrupted run would.
+``best.pt`` has ``model.pt``'s format. On a restart (``FailureConfig``) or with
+``resume_from``, training continues from the last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import tempfile
-import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from hermes.train.checkpoint import Checkpoints, atomic_save, checkpoint_dict
+from hermes.train.config import TrainConfig
+from hermes.train.distributed.engine import DeepSpeedEngine
 
 logger = logging.getLogger("hermes.train.distributed")
 
@@ -58,23 +69,86 @@ def maybe_fail(spec: str | None, rank: int, step: int) -> None:
     raise InjectedFault(f"injected fault on rank {rank} at step {step} ({FAULT_ENV}={spec})")
 
 
-def reseed(seed: int, rank: int, step: int) -> None:
-    """Seed torch, numpy and ``random`` from ``(seed, rank, step)``."""
-    s = (seed * 1_000_003 + rank * 7_919 + step) % 2**31
-    random.seed(s)
-    np.random.seed(s)
-    torch.manual_seed(s)
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of ``rank``'s RNGs in a run seeded with ``seed``."""
+    return (seed * 1_000_003 + rank * 7_919) % 2**31
 
 
-def _cast(batch: dict[str, Any], device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
-    out = {}
-    for k, v in batch.items():
-        if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
-            if v.is_floating_point():
-                v = v.to(dtype)
-        out[k] = v
-    return out
+class RayCheckpoints(Checkpoints):
+    """A distributed run's checkpoints: Ray checkpoints of DeepSpeed folders (see the module
+    docstring), ``best.pt`` in ``out_dir`` from rank 0, and the logged values reported to Ray.
+
+    Args:
+        engine: this rank's engine.
+        cfg: the run's configuration.
+        classes: the data's class names.
+        rank, world: this rank and the number of workers.
+        resume_from: a checkpoint folder to continue when Ray has none of this run (a restart
+            after a failure continues Ray's latest).
+    """
+
+    def __init__(
+        self,
+        engine: DeepSpeedEngine,
+        cfg: TrainConfig,
+        classes: Sequence[str],
+        rank: int,
+        world: int,
+        resume_from: str | None = None,
+    ) -> None:
+        self.engine, self.cfg, self.classes = engine, cfg, list(classes)
+        self.rank, self.world, self.resume_from = rank, world, resume_from
+        self.last = Path(cfg.out_dir) / "ray"
+
+    def restore(self) -> dict[str, Any] | None:
+        import ray.train
+
+        source = ray.train.get_checkpoint()
+        if source is None and self.resume_from:
+            source = ray.train.Checkpoint.from_directory(self.resume_from)
+        if source is None:
+            return None
+        with source.as_directory() as folder:
+            logger.info("restoring %s", source.path)
+            return self.engine.load(Path(folder))
+
+    def _export(self, weights: dict[str, torch.Tensor], run: dict[str, Any]) -> dict[str, Any]:
+        """The single-process checkpoint format with the weights and the run's entries."""
+        return checkpoint_dict(
+            self.cfg, self.classes, method=weights, distributed={"workers": self.world}, **run
+        )
+
+    def write(self, folder: Path, run: dict[str, Any], own: dict[str, Any]) -> None:
+        """This rank's part of a checkpoint in ``folder`` (``model.pt`` from rank 0)."""
+        weights = self.engine.weights()  # a collective under ZeRO-3: every rank
+        self.engine.save(folder, run, own)
+        if self.rank == 0:
+            atomic_save(self._export(weights, run), folder / "model.pt")
+
+    def save(self, run: dict[str, Any], own: dict[str, Any], metrics: dict[str, float]) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="hermes-ckpt-") as tmp:
+            self.write(Path(tmp), run, own)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report(_reported(run["step"], metrics), checkpoint=checkpoint)
+        if self.rank == 0:
+            logger.info("checkpoint at step %d", run["step"])
+
+    def save_best(self, run: dict[str, Any], own: dict[str, Any]) -> None:
+        weights = self.engine.weights()
+        if self.rank == 0:
+            atomic_save(self._export(weights, run), Path(self.cfg.out_dir) / "best.pt")
+
+    def logged(self, step: int, metrics: dict[str, float]) -> None:
+        import ray.train
+
+        ray.train.report(_reported(step, metrics))
+
+
+def _reported(step: int, metrics: dict[str, float]) -> dict[str, float]:
+    """To Ray: losses, learning rates and kept fractions (the checkpoint holds everything)."""
+    return {"step": step, **{k: v for k, v in metrics.items() if k.startswith(REPORTED)}}
 
 
 def _log_to_stderr(rank: int) -> None:
@@ -95,26 +169,19 @@ def _log_to_stderr(rank: int) -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: ``train_config`` (the TrainConfig as a dict),
-    ``resume_from`` (a checkpoint folder or ``None``), ``stop_after``, ``fault`` (see
-    :func:`maybe_fail`)."""
+    ``resume_from`` (a checkpoint folder or ``None``), ``stop_after``, ``report`` (write the
+    report at the end), ``fault`` (see :func:`maybe_fail`)."""
     import ray.train
     import torch.distributed as dist
 
-    from hermes.train.build import build_everything
-    from hermes.train.checkpoint import FORMAT_VERSION, atomic_save
-    from hermes.train.config import TrainConfig, from_dict, to_dict
+    from hermes.train.build import build_everything, seed_everything
+    from hermes.train.config import from_dict
     from hermes.train.distributed.comm import TorchDistComm
-    from hermes.train.distributed.engine import (
-        build_engine,
-        engine_dtype,
-        full_state_dict,
-        load_deepspeed_config,
-    )
-    from hermes.train.loop import logs_to_floats
-    from hermes.train.optim import group_lrs
-    from hermes.train.stream import BatchStream
+    from hermes.train.distributed.engine import build_engine, load_deepspeed_config
+    from hermes.train.loop import run_loop
 
-    cfg: TrainConfig = from_dict(TrainConfig, config["train_config"])
+    # log lines, not a progress bar, in the job log
+    cfg = replace(from_dict(TrainConfig, config["train_config"]), progress=False)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _log_to_stderr(rank)
@@ -124,103 +191,29 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         device = ray.train.torch.get_device()
     else:
         device = torch.device("cpu")
-    comm = TorchDistComm()
-    comps = build_everything(cfg, comm, device)
+    comps = build_everything(cfg, TorchDistComm(), device)
     ds_cfg = load_deepspeed_config(
         cfg.distributed.deepspeed_config,
         micro_batch=cfg.data.batch_size,
         grad_clip=cfg.optim.grad_clip,
         use_gpu=cfg.distributed.use_gpu,
     )
-    engine = build_engine(comps.method, comps.model.cls, comps.model.seg, cfg.optim, ds_cfg)
-    dtype = engine_dtype(engine)
-    streams = {
-        name: BatchStream(getattr(comps.data, name), cfg.seed, f"{name}/rank{rank}")
-        for name in ("labeled", "unlabeled")
-    }
-
-    step, history, evals = 0, [], []
-    source = ray.train.get_checkpoint()
-    if source is None and config.get("resume_from"):
-        source = ray.train.Checkpoint.from_directory(config["resume_from"])
-    if source is not None:
-        with source.as_directory() as folder:
-            path, client = engine.load_checkpoint(str(Path(folder) / "deepspeed"))
-            if path is None:
-                raise FileNotFoundError(
-                    f"no DeepSpeed checkpoint under {Path(folder) / 'deepspeed'}"
-                )
-        step = int(client["step"])
-        history, evals = list(client["history"]), list(client["evals"])
-        for name, stream in streams.items():
-            stream.load_state_dict(client["streams"][name])
-        logger.info("resumed at step %d from %s", step, path)
-
-    total = cfg.optim.steps
+    ds = build_engine(comps.method, comps.model.cls, comps.model.seg, cfg.optim, ds_cfg)
+    engine = DeepSpeedEngine(ds, device, rank)
+    seed_everything(rank_seed(cfg.seed, rank))
+    checkpoints = RayCheckpoints(
+        engine, cfg, comps.data.classes, rank, world, config.get("resume_from")
+    )
+    fault = config.get("fault")
     stop = config.get("stop_after")
-    end = total if stop is None else min(int(stop), total)
-    every = cfg.checkpoint_every
-    supervised = cfg.method.mode == "supervised"
-    start, t0 = step, time.perf_counter()
-
-    def save(metrics: dict[str, float]) -> None:
-        client = {
-            "step": step,
-            "history": history,
-            "evals": evals,
-            "streams": {k: s.state_dict() for k, s in streams.items()},
-        }
-        weights = full_state_dict(engine)  # a collective under ZeRO-3: every rank
-        with tempfile.TemporaryDirectory(prefix="hermes-ckpt-") as tmp:
-            engine.save_checkpoint(f"{tmp}/deepspeed", tag=f"step{step}", client_state=client)
-            if rank == 0:
-                export = {
-                    "format": FORMAT_VERSION,
-                    "config": to_dict(cfg),
-                    "step": step,
-                    "method": weights,
-                    "history": history,
-                    "evals": evals,
-                    "best": None,
-                    "classes": list(comps.data.classes),
-                    "distributed": {"workers": world},
-                }
-                atomic_save(export, Path(tmp) / "model.pt")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        if rank == 0:
-            logger.info("checkpoint at step %d", step)
-
-    engine.train()
-    values: dict[str, float] = {}
-    while step < end:
-        if step == start or (every and step % every == 0):
-            reseed(cfg.seed, rank, step)
-        maybe_fail(config.get("fault"), rank, step)
-        labeled = _cast(next(streams["labeled"]), device, dtype)
-        unlabeled = None if supervised else _cast(next(streams["unlabeled"]), device, dtype)
-        loss, logs = engine(labeled, unlabeled, step=step, total_steps=total)
-        engine.backward(loss)
-        engine.step()
-        step += 1
-        if (step - 1) % cfg.log_every == 0 or step == end:
-            values = logs_to_floats(logs)
-            values.update(group_lrs(engine.optimizer.param_groups))
-            history.append({"step": float(step - 1), **values})
-            if rank == 0:
-                rate = (step - start) / (time.perf_counter() - t0)
-                logger.info(
-                    "step %d/%d loss %.4f (%.2f steps/s, %d workers)",
-                    step,
-                    total,
-                    values.get("loss/total", float("nan")),
-                    rate,
-                    world,
-                )
-        # to Ray: losses, learning rates and kept fractions (the checkpoint holds everything)
-        metrics = {"step": step, **{k: v for k, v in values.items() if k.startswith(REPORTED)}}
-        if (every and step % every == 0) or step == end:
-            save(metrics)
-        elif (step - 1) % cfg.log_every == 0:
-            ray.train.report(metrics)
+    run_loop(
+        comps,
+        engine,
+        checkpoints,
+        rank=rank,
+        stop_after=None if stop is None else int(stop),
+        report=bool(config.get("report", True)),
+        before_step=lambda step: maybe_fail(fault, rank, step),
+    )
     if dist.is_initialized():
         dist.barrier()
