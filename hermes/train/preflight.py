@@ -32,6 +32,16 @@ def held_run(out_dir: str | Path) -> list[str]:
     return found
 
 
+def _resumable(out: Path, found: list[str]) -> Path:
+    """What ``--resume`` names to continue the run in ``out``: ``last.pt``, else a distributed
+    run's newest Ray checkpoint folder (its ``best.pt`` and ``model.pt`` hold no optimiser
+    state), else the first checkpoint found."""
+    if "last.pt" in found:
+        return out / "last.pt"
+    folders = sorted(p for p in out.glob("ray/*/checkpoint_*") if p.is_dir())
+    return folders[-1] if folders else out / found[0]
+
+
 def check_out_dir(
     out_dir: str | Path, *, resume: str | Path | None = None, overwrite: bool = False
 ) -> None:
@@ -56,7 +66,7 @@ def check_out_dir(
     if resume is not None and out.resolve() in Path(resume).resolve().parents:
         return
     if not overwrite:
-        latest = out / "last.pt" if "last.pt" in found else out / found[0]
+        latest = _resumable(out, found)
         raise ValueError(
             f"out_dir: {out} already holds a run ({', '.join(found)}); continue it with "
             f"--resume {latest}, write to another folder with --out (or --set out_dir=...), "

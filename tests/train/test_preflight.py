@@ -33,6 +33,18 @@ def test_a_folder_holding_a_run_is_refused(tmp_path: Path) -> None:
     assert (run / "last.pt").read_text() == "last.pt"
 
 
+def test_a_distributed_run_is_resumed_from_its_newest_ray_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    for name in ("checkpoint_2026-01-01_10-00-00.000001", "checkpoint_2026-01-01_11-00-00.000001"):
+        (run / "ray" / "hermes" / name).mkdir(parents=True)
+    for name in ("best.pt", "model.pt"):
+        (run / name).write_text(name)
+    with pytest.raises(ValueError, match="already holds a run") as err:
+        check_out_dir(run)
+    newest = run / "ray" / "hermes" / "checkpoint_2026-01-01_11-00-00.000001"
+    assert f"--resume {newest}," in str(err.value)
+
+
 def test_overwrite_removes_the_old_run(tmp_path: Path) -> None:
     run = _run_folder(tmp_path / "run")
     (run / "notes.txt").write_text("mine")
