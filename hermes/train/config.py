@@ -167,7 +167,8 @@ class TrainConfig:
             longer than the labeled one when labels are few (the ``paper`` preset follows it).
         log_every: steps between TensorBoard/history records (1: every step).
         checkpoint_every: steps between checkpoints (0: only at the end).
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar; without it (and always on Ray workers) the loop
+            logs a ``step k/N loss ...`` line about 20 times per run.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
