@@ -1,4 +1,6 @@
-"""One optimisation step of the method (shared by the single-process and distributed trainers)."""
+"""One optimisation step of the method in one process: the step of
+:class:`hermes.train.engine.LocalEngine` (a DeepSpeed engine runs its own forward, backward and
+step; see :class:`hermes.train.distributed.engine.DeepSpeedEngine`)."""
 
 from __future__ import annotations
 

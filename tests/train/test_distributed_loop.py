@@ -2,7 +2,8 @@
 evaluations, ``best.pt`` and an exact resume.
 
 Each process runs the tiny Hermes run three times: straight through 4 steps, stopped after 2,
-and resumed from that checkpoint. Checkpoints are those of
+and resumed from that checkpoint; then once more from that checkpoint without its rank files,
+as checkpoints written before they existed are. Checkpoints are those of
 :class:`~hermes.train.distributed.worker.RayCheckpoints` with a plain folder in place of Ray's
 storage (``ray.train.report`` needs a Ray session). The resumed run must end where the straight
 one did, on every rank: weights and buffers (BatchNorm statistics differ between ranks); and
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,9 @@ pytestmark = pytest.mark.dist
 WORLD = 2
 
 
-def _checkpoints(engine: Any, cfg: Any, classes: list[str], rank: int, folder: Path) -> Any:
+def _checkpoints(
+    engine: Any, cfg: Any, classes: list[str], rank: int, folder: Path, resume: Path | None
+) -> Any:
     """RayCheckpoints whose checkpoints go to ``folder`` instead of Ray's storage."""
     from hermes.train.distributed.worker import RayCheckpoints
 
@@ -40,11 +44,12 @@ def _checkpoints(engine: Any, cfg: Any, classes: list[str], rank: int, folder: P
         def logged(self, step: int, metrics: dict[str, float]) -> None:
             pass
 
-    resume = str(folder.parent / "half" / "step2") if folder.name == "resumed" else None
-    return FolderCheckpoints(engine, cfg, classes, rank, WORLD, resume)
+    return FolderCheckpoints(engine, cfg, classes, rank, WORLD, resume and str(resume))
 
 
-def _run(settings: list[str], root: Path, name: str, rank: int, stop_after: int | None) -> dict:
+def _run(
+    settings: list[str], root: Path, name: str, rank: int, stop: int | None, resume: Path | None
+) -> dict:
     from hermes.train.build import build_everything, seed_everything
     from hermes.train.config import load_config
     from hermes.train.distributed.comm import TorchDistComm
@@ -56,7 +61,7 @@ def _run(settings: list[str], root: Path, name: str, rank: int, stop_after: int 
     from hermes.train.distributed.worker import rank_seed
     from hermes.train.loop import run_loop
 
-    out = root / ("half" if name == "resumed" else name)
+    out = root / ("half" if name == "resumed" else name)  # a resumed run stays in its folder
     cfg = load_config("default", [*settings, f"out_dir={out}"])
     comps = build_everything(cfg, TorchDistComm())
     ds = load_deepspeed_config(
@@ -68,8 +73,8 @@ def _run(settings: list[str], root: Path, name: str, rank: int, stop_after: int 
         rank,
     )
     seed_everything(rank_seed(cfg.seed, rank))
-    checkpoints = _checkpoints(engine, cfg, comps.data.classes, rank, root / name)
-    result = run_loop(comps, engine, checkpoints, rank=rank, stop_after=stop_after, report=False)
+    checkpoints = _checkpoints(engine, cfg, comps.data.classes, rank, root / name, resume)
+    result = run_loop(comps, engine, checkpoints, rank=rank, stop_after=stop, report=False)
     state = {k: v.detach().clone() for k, v in comps.method.state_dict().items()}
     return {"state": state, "history": result.state.history, "evals": result.state.evals}
 
@@ -78,12 +83,27 @@ def _worker(rank: int, init_file: str, root: str, settings: list[str]) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    root_path, half = Path(root), Path(root) / "half" / "step2"
     try:
         runs = {
-            name: _run(settings, Path(root), name, rank, stop)
-            for name, stop in (("full", None), ("half", 2), ("resumed", None))
+            name: _run(settings, root_path, name, rank, stop, resume)
+            for name, stop, resume in (
+                ("full", None, None),
+                ("half", 2, None),
+                ("resumed", None, half),
+            )
         }
-        torch.save(runs, Path(root) / f"rank{rank}.pt")
+        legacy = root_path / "legacy-step2"  # as written before checkpoints had rank files
+        if rank == 0:  # no rank files; the data positions in DeepSpeed's client state
+            shutil.copytree(half, legacy, ignore=shutil.ignore_patterns("rank*.pt"))
+            (states,) = (legacy / "deepspeed" / "step2").glob("*model_states.pt")
+            client = torch.load(states, weights_only=False)
+            client["streams"] = torch.load(half / "rank0.pt", weights_only=True)["streams"]
+            del client["best"]
+            torch.save(client, states)
+        dist.barrier()
+        runs["legacy"] = _run(settings, root_path, "legacy", rank, None, legacy)
+        torch.save(runs, root_path / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -123,17 +143,28 @@ def test_resume_is_exact_on_every_rank(ranks: dict) -> None:
 
 
 def test_periodic_evaluations_and_best_checkpoint(ranks: dict) -> None:
-    root = ranks["root"]
+    root, evals = ranks["root"], json.dumps(ranks["runs"][0]["full"]["evals"])  # NaN == NaN
     for runs in ranks["runs"]:  # every rank holds rank 0's metrics
         assert [e["step"] for e in runs["full"]["evals"]] == [1.0, 2.0, 3.0, 4.0]
-        assert runs["full"]["evals"] == ranks["runs"][0]["full"]["evals"]
-        assert runs["full"]["evals"] == runs["resumed"]["evals"]
+        assert json.dumps(runs["full"]["evals"]) == json.dumps(runs["resumed"]["evals"]) == evals
     best = torch.load(root / "full" / "best.pt", weights_only=True)
-    assert best["best"] in best["evals"] and best["distributed"] == {"workers": WORLD}
-    assert best["step"] == int(best["best"]["step"])
+    assert json.dumps(best["best"]) in [json.dumps(e) for e in best["evals"]]
+    assert best["step"] == int(best["best"]["step"]) and best["distributed"] == {"workers": WORLD}
     final = torch.load(root / "full" / "step4" / "model.pt", weights_only=True)
-    assert final["step"] == 4 and final["evals"] == ranks["runs"][0]["full"]["evals"]
+    assert final["step"] == 4 and json.dumps(final["evals"]) == evals
     assert sorted(p.name for p in (root / "full" / "step4").glob("rank*.pt")) == [
         "rank0.pt",
         "rank1.pt",
     ]
+
+
+def test_checkpoint_without_rank_files_still_resumes(ranks: dict) -> None:
+    for runs in ranks["runs"]:
+        legacy = runs["legacy"]
+        assert [int(h["step"]) for h in legacy["history"]] == [0, 1, 2, 3]
+        assert json.dumps(legacy["history"][:2]) == json.dumps(
+            ranks["runs"][0]["full"]["history"][:2]
+        )
+        assert all(
+            torch.isfinite(v).all() for v in legacy["state"].values() if v.is_floating_point()
+        )

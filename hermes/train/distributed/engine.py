@@ -274,7 +274,7 @@ class DeepSpeedEngine:
                     "than this run has (distributed.workers must stay the same)"
                 )
             logger.warning("checkpoint %s has no per-rank RNG state: not an exact resume", folder)
-            return {**client, "rng": rng_state()}
+            return {"best": None, **client, "rng": rng_state()}
         own = torch.load(mine, weights_only=True)
         with torch.no_grad():
             for name, buf in self.engine.module.named_buffers():
