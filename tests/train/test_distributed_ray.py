@@ -4,10 +4,13 @@ The module starts its own Ray head (unique temp dir and ports, from the venv's `
 two jobs exactly as ``cluster/README.md`` tells a user to, and stops the head it started:
 
 1. a 2-worker run of ``python -m hermes.train`` stopped after 2 of 6 steps (``--stop-after``):
-   it must leave a Ray checkpoint (DeepSpeed shards + ``model.pt``);
+   it must leave a Ray checkpoint (DeepSpeed shards, one file per rank, ``model.pt``), its
+   evaluation at step 2 and ``best.pt``;
 2. a run resumed from that checkpoint (``--resume``) in which rank 1 raises at step 5 on its
    first attempt (``HERMES_FAULT_AT``): Ray restarts the workers from the step-4 checkpoint and
-   the run reaches step 6 with a report and loadable weights.
+   the run reaches step 6 with a report and loadable weights;
+3. the same run straight through: the interrupted, resumed and restarted run must end with
+   the same weights, history and evaluations.
 
 The head is one process group (``ray start --block`` in a new session) and is stopped by
 signalling that group, never with ``ray stop`` (which would stop every Ray on the machine);
@@ -48,7 +51,7 @@ TINY = [
     "--set",
     "checkpoint_every=2",
     "--set",
-    "eval.every=0",
+    "eval.every=2",
     "--set",
     "data.phantom_size=48",
     "--set",
@@ -250,6 +253,13 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in (out / "ray").glob("*/checkpoint_*") if p.is_dir())
 
 
+@pytest.fixture(scope="module")
+def straight_run(head, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    head.submit("hermes-straight", [*TINY, "--out", str(out)], {})
+    return out / "hermes"
+
+
 def test_job_leaves_a_checkpoint(first_run):
     out, logs = first_run
     assert "step 2/6" in logs, logs[-3000:]
@@ -257,11 +267,18 @@ def test_job_leaves_a_checkpoint(first_run):
     assert (ckpt / "deepspeed" / "latest").read_text().strip() == "step2"
     assert list((ckpt / "deepspeed" / "step2").glob("*model_states.pt"))
     assert len(list((ckpt / "deepspeed" / "step2").glob("*optim_states.pt"))) == 2  # one per rank
+    assert sorted(p.name for p in ckpt.glob("rank*.pt")) == ["rank0.pt", "rank1.pt"]
     saved = torch.load(out / "model.pt", weights_only=True)
     assert saved["step"] == 2 and saved["distributed"]["workers"] == 2
+    # the periodic evaluation at step 2, and best.pt from rank 0, as in one process
+    assert [e["step"] for e in saved["evals"]] == [2.0] and saved["best"] == saved["evals"][0]
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["step"] == 2 and best["best"] == saved["best"]
+    assert (out / "config.yaml").is_file() and any((out / "tensorboard").iterdir())
 
 
-def test_resumed_run_survives_a_failure(head, first_run, tmp_path_factory):
+@pytest.fixture(scope="module")
+def resumed_run(head, first_run, tmp_path_factory):
     first_out, _ = first_run
     (ckpt,) = _checkpoints(first_out)
     root = tmp_path_factory.mktemp("second")
@@ -271,7 +288,11 @@ def test_resumed_run_survives_a_failure(head, first_run, tmp_path_factory):
         ["--resume", str(ckpt), "--out", str(root), "--set", "progress=false"],
         {"HERMES_FAULT_AT": f"1:5:{marker}"},
     )
-    out = root / "hermes"  # with --out, a resumed run goes where a new one would
+    return root / "hermes", logs, marker  # with --out, where a new run would go
+
+
+def test_resumed_run_survives_a_failure(resumed_run):
+    out, logs, marker = resumed_run
     assert marker.exists(), "the injected fault never fired"
     assert "injected fault on rank 1 at step 5" in logs
     assert "resumed at step 2" in logs and "resumed at step 4" in logs, logs[-4000:]
@@ -281,8 +302,10 @@ def test_resumed_run_survives_a_failure(head, first_run, tmp_path_factory):
     assert [int(h["step"]) for h in saved["history"]] == list(range(STEPS))
     # each optimiser group's learning rate, by name, as in the single-process loop
     assert {"lr/cls", "lr/cls.encoder", "lr/seg", "lr/seg.encoder"} <= set(saved["history"][0])
+    assert [e["step"] for e in saved["evals"]] == [2.0, 4.0, 6.0]
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["steps"] == STEPS and metrics["final"]["images"] > 0
+    assert metrics["evals"] == json.loads(json.dumps(saved["evals"]))
 
     from hermes.eval.evaluate import predict_batch
     from hermes.train.checkpoint import load_model
@@ -291,3 +314,15 @@ def test_resumed_run_survives_a_failure(head, first_run, tmp_path_factory):
     assert cfg.distributed.workers == 2
     seg_logits, cls_logits = predict_batch(model, torch.randn(2, 3, 64, 64))
     assert seg_logits.shape == (2, 2, 64, 64) and cls_logits.shape == (2, 2)
+
+
+def test_resumed_and_restarted_run_equals_the_straight_run(straight_run, resumed_run):
+    a = torch.load(straight_run / "model.pt", weights_only=True)
+    b = torch.load(resumed_run[0] / "model.pt", weights_only=True)
+    assert a["step"] == b["step"] == STEPS
+    assert json.dumps(a["history"]) == json.dumps(b["history"])  # every value, NaN included
+    assert json.dumps(a["evals"]) == json.dumps(b["evals"])
+    assert a["method"].keys() == b["method"].keys()
+    assert all(torch.equal(a["method"][k], b["method"][k]) for k in a["method"])
+    assert (straight_run / "best.pt").is_file()
+    assert (straight_run / "report" / "summary.md").is_file()
