@@ -23,6 +23,7 @@ from torch import Tensor
 
 from hermes.eval.evaluate import Evaluation
 from hermes.train.build import Components
+from hermes.train.config import TrainConfig
 from hermes.train.optim import group_lrs
 from hermes.train.step import Batch, autocast_context, to_device, train_step
 
@@ -47,9 +48,8 @@ class Engine(Protocol):
         ...
 
 
-def make_scaler(cfg: Any, device: torch.device) -> torch.amp.GradScaler | None:
-    """A GradScaler for fp16 autocast on a GPU; ``None`` for bf16, fp32 or the CPU.
-    ``cfg`` is a :class:`hermes.train.config.TrainConfig`."""
+def make_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """A GradScaler for fp16 autocast on a GPU; ``None`` for bf16, fp32 or the CPU."""
     _, dtype = autocast_context(device, cfg.amp)
     return torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
