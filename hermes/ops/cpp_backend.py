@@ -126,8 +126,11 @@ def supcon_loss_cpp(
     denominator: str = "all",
     reduction: str = "mean",
     self_offset: int | None = None,
+    fp32_precision: str = "ieee",
 ) -> Tensor:
     """``supcon_loss`` on ``hermes._C`` (same arguments and semantics as the reference).
+
+    The kernels multiply in IEEE fp32 (fp64 for fp64) whatever ``fp32_precision`` says.
 
     Shapes: anchors (N, d), labels (N,), contrasts (M, d), contrast_labels (M,), weights (N,).
     Returns (N,) or a 0-dim fp32 tensor.
