@@ -337,13 +337,15 @@ def launch_config(kernel: str, d: int, dot: str) -> dict[str, int]:
       through 32 of the other side: 64 registers a thread on 4 warps at BLOCK_D = 128, on 8
       warps at 256.
     - ``"ieee"`` (FMA, no tensor cores): every thread holds whole rows of both operands, so
-      32 x 32 tiles over 8 warps.
+      32 x 32 tiles over 8 warps; the contrast-gradient kernel steps through 16 anchors at
+      d > 128.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     block_d = max(16, triton.next_power_of_2(d))
     if dot == "ieee":
-        block_n, block_m, warps = 32, 32, 8
+        block_n = 16 if kernel == "bwd_contrast" and block_d > 128 else 32
+        block_m, warps = 32, 8
     elif kernel == "fwd":
         block_n, block_m, warps = 64, (64 if block_d <= 128 else 32), 8
     elif kernel == "bwd_anchor":

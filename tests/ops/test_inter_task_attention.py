@@ -7,7 +7,7 @@ import torch
 
 from hermes.ops import InterTaskAttention, inter_task_attention, inter_task_attention_reference
 
-# (B, C, H, W, k): 1, primes, more channels than one channel chunk (32), more pixels than one
+# (B, C, H, W, k): 1, primes, more channels than one channel chunk (16), more pixels than one
 # pixel block (256), kernel sizes 1, 3 and 5.
 SHAPES = [
     (1, 1, 1, 1, 3),

@@ -67,6 +67,7 @@ SUPCON_PATHS = [
     ("fp32-ieee", "fp32", "ieee"),
     ("fp16", "fp16", "half"),
 ]
+PTX_TYPES = {"fp16": "f16", "bf16": "bf16", "fp32": "tf32"}  # MMA operand types in the PTX
 METHOD_PATHS = SUPCON_PATHS[:3]  # the method: fp32 features, bf16 under autocast
 METHOD_SUPCON = [(128, False), (256, True)]  # image contrast ("all"), pixel contrast
 ALL_SUPCON = [(d, pnn) for d in (64, 128, 256) for pnn in (False, True)]
@@ -102,7 +103,7 @@ def supcon_specs(paths: list[tuple[str, str, str]], cases: list[tuple[int, bool]
                             BLOCK_D=cfg["BLOCK_D"],
                         ),
                         options=dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"]),
-                        tensor_cores={"half": ptr, "tf32": "tf32", "ieee": None}[dot],
+                        tensor_cores=None if dot == "ieee" else PTX_TYPES[ptr],
                     )
                 )
     return specs
@@ -211,7 +212,7 @@ def ias_specs(dtypes: tuple[str, ...]) -> list[dict[str, Any]]:
                         kernel=kernel.__name__,
                         signature=_signature(kernel, types),
                         constexprs=const,
-                        options={},
+                        options=dict(num_warps=IAS.NUM_WARPS),
                         tensor_cores=None,
                     )
                 )
