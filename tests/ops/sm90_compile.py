@@ -11,7 +11,8 @@ and prints one JSON line per spec, in the order given::
 
     {"id": ..., "spill_stores": bytes, "spill_loads": bytes, "registers": n, "shared": bytes,
      "ptx_mma": ["wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16", ...],  # distinct
-     "sass_mma": number of HGMMA/HMMA instructions, "seconds": compile time}
+     "sass_mma": number of HGMMA/HMMA instructions,
+     "ptx_tf32_rounding": number of cvt.rna.tf32 conversions, "seconds": compile time}
 
 or ``{"id": ..., "error": "..."}``. The spill counts are ptxas's own (``ptxas -v``, which Triton
 runs; its log is captured with ``triton.knobs.nvidia.dump_ptxas_log``), so every spec is
@@ -83,6 +84,7 @@ def compile_one(spec: dict) -> dict:
         out["registers"] = max(int(r) for r in registers)
         out["shared"] = int(compiled.metadata.shared)
         out["ptx_mma"] = sorted(set(MMA_PTX.findall(compiled.asm["ptx"])))
+        out["ptx_tf32_rounding"] = compiled.asm["ptx"].count("cvt.rna.tf32")
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(compiled.asm["cubin"])
             f.flush()

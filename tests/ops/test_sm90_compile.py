@@ -289,6 +289,8 @@ def check(spec: dict[str, Any], result: dict[str, Any]) -> None:
     wgmma = [m for m in result["ptx_mma"] if m.startswith("wgmma") and f".{kind}.{kind}" in m]
     assert wgmma, f"{spec['id']}: no {kind} wgmma in the PTX (found {result['ptx_mma']})"
     assert result["sass_mma"] > 0, f"{spec['id']}: no HGMMA/HMMA instruction in the SASS"
+    if kind == "tf32":  # operands reach the tensor cores unrounded (docs/ops.md's error model)
+        assert result["ptx_tf32_rounding"] == 0, f"{spec['id']}: fp32 operands rounded to TF32"
 
 
 @pytest.mark.parametrize("spec", DEFAULT_SPECS, ids=lambda s: s["id"])
