@@ -13,8 +13,8 @@ One command for a machine with a CUDA GPU, under 8 minutes on an H100 or H200. I
    and forward + backward, for the ``triton``, ``cuda`` and ``torch`` backends (a backend that
    cannot run a case is listed with the dispatcher's reason): CUDA-event timing (median of up
    to 50 calls after 3 warm-up calls), TFLOP/s (``supcon_loss``) or GB/s (the other two, the
-   bytes any implementation must move) and their fraction of the peaks. No new case starts
-   after ``--bench-budget`` seconds.
+   bytes any implementation must move) and their fraction of the peaks. The ops take turns,
+   and no new case starts after ``--bench-budget`` seconds.
 
 ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` are rewritten after every step and every
 benchmark case, so a run that is cut short leaves what it did. Without a CUDA device every
@@ -66,8 +66,8 @@ class Report:
         }
         self.t0 = time.perf_counter()
 
-    def step(self, name: str, **fields: Any) -> None:
-        self.data["steps"][name] = fields
+    def step(self, key: str, /, **fields: Any) -> None:
+        self.data["steps"][key] = fields
         self.write()
 
     def bench(self, row: dict[str, Any]) -> None:
@@ -310,7 +310,7 @@ def bench_cases() -> list[dict[str, Any]]:
     import test_supcon as sc
     import torch
 
-    cases: list[dict[str, Any]] = []
+    supcon: list[dict[str, Any]] = []
     for shape in (sc.Shape("pixel", 1024, 256, 2), sc.Shape("supcon", 4096, 128)) + (
         sc.Shape("supcon", 16384, 128),
     ):
@@ -320,7 +320,7 @@ def bench_cases() -> list[dict[str, Any]]:
             (torch.float32, "ieee"),
         ):
             for mode in ("fwd", "fwd+bwd"):
-                cases.append(
+                supcon.append(
                     dict(
                         op="supcon_loss",
                         suite=sc,
@@ -330,15 +330,21 @@ def bench_cases() -> list[dict[str, Any]]:
                         fp32=precision,
                     )
                 )
-    for shape in (dt.Shape(16, 2), dt.Shape(16, 2, 224), dt.Shape(64, 2, 224)):
-        for dtype in (torch.float16, torch.float32):
-            cases.append(dict(op="dual_threshold", suite=dt, shape=shape, dtype=dtype, mode="fwd"))
-    for shape in ias.shapes("cuda", False)[:3]:
-        for dtype in (torch.bfloat16, torch.float32):
-            for mode in ("fwd", "fwd+bwd"):
-                cases.append(
-                    dict(op="inter_task_attention", suite=ias, shape=shape, dtype=dtype, mode=mode)
-                )
+    dual = [
+        dict(op="dual_threshold", suite=dt, shape=shape, dtype=dtype, mode="fwd")
+        for shape in (dt.Shape(16, 2), dt.Shape(16, 2, 224), dt.Shape(64, 2, 224))
+        for dtype in (torch.float16, torch.float32)
+    ]
+    attention = [
+        dict(op="inter_task_attention", suite=ias, shape=shape, dtype=dtype, mode=mode)
+        for shape in ias.shapes("cuda", False)[:3]
+        for dtype in (torch.bfloat16, torch.float32)
+        for mode in ("fwd", "fwd+bwd")
+    ]
+    # Interleaved, so that a run cut by the budget has measured every op at its first sizes.
+    cases: list[dict[str, Any]] = []
+    for i in range(max(len(supcon), len(dual), len(attention))):
+        cases += [ops[i] for ops in (supcon, dual, attention) if i < len(ops)]
     return cases
 
 
@@ -489,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the summary")
     parser.add_argument("--test-timeout", type=float, default=240.0)
-    parser.add_argument("--bench-budget", type=float, default=150.0)
+    parser.add_argument("--bench-budget", type=float, default=120.0)
     parser.add_argument("--skip-tests", action="store_true", help="benchmarks only")
     args = parser.parse_args(argv)
     report = Report(args.out)
