@@ -141,4 +141,3 @@ def test_contrasts_pass_fp32_precision_to_the_op(monkeypatch) -> None:
     labels = torch.randint(0, 2, (1, 4, 4), generator=g)
     pixel_contrast(emb, labels, labels, max_views=2, fp32_precision="tf32")
     assert seen == ["tf32", "tf32"]
-

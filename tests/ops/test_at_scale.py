@@ -53,17 +53,17 @@ def _rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).abs().max() / want.abs().max().clamp(min=1e-12)).item()
 
 
-def _assert_close(got, want64, want_dt, kind: str, path: str, what: str) -> None:
+def _assert_close(got, want64, want_dt, kind: str, path: str, what: str, factor=2.0) -> None:
     """``got`` against the fp64 reference: fp32 and tf32 with their relative tolerances, half
-    precision with flash-attention's rule (at most twice the error of the same-dtype
-    reference, plus an atol relative to the largest magnitude)."""
+    precision with flash-attention's rule (at most ``factor`` times the error of the
+    same-dtype reference, plus an atol relative to the largest magnitude)."""
     err = _rel_err(got, want64)
     if path == "fp32-ieee":
         bound = FP32_RTOL[kind]
     elif path == "fp32-tf32":
         bound = TF32_RTOL[kind]
     else:
-        bound = 2 * _rel_err(want_dt, want64) + HALF_ATOL[kind]
+        bound = factor * _rel_err(want_dt, want64) + HALF_ATOL[kind]
     assert err <= bound, f"{what} ({path}, {kind}): relative error {err:.3g} > {bound:.3g}"
 
 
@@ -141,7 +141,10 @@ def test_supcon_4096_against_fp64(d, path, denominator):
     want64 = _supcon_run(supcon_loss_reference, a, y, r, torch.float64, **kw)
     want_dt = _supcon_run(supcon_loss_reference, a, y, r, dtype, **kw)
     _assert_close(got[0], want64[0], want_dt[0], "forward", path, "loss per anchor")
-    _assert_close(got[1], want64[1], want_dt[1], "grad", path, "grad anchors")
+    # bf16: the kernel rounds ds to bf16 before its second product (as FlashAttention rounds P),
+    # where the same-dtype reference differentiates in fp32 and rounds only the result: 3 times
+    # its error (measured under the interpreter at N = 4096, d = 64 and 128: 1.9 to 2.0 times).
+    _assert_close(got[1], want64[1], want_dt[1], "grad", path, "grad anchors", factor=3.0)
 
 
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
