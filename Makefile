@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: setup train test cuda-check lint benchmark clean
+.PHONY: setup train test cuda-check lint benchmark gpu-check clean
 
 $(VENV)/.deps: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ lint: setup
 
 benchmark: setup
 	$(PY) -m pytest benchmarks --benchmark-only $(ARGS)
+
+# The GPU check (benchmarks/README.md): on a machine with a CUDA GPU, `make setup` builds the
+# extension with its CUDA kernels, then every `gpu`-marked test runs and the GPU benchmarks at
+# three sizes per op; summary in $(OUT)/gpu_check.{json,md}, written as it goes (under 8 min on
+# an H100/H200). Without a GPU it says so and writes a summary of skipped steps.
+OUT ?= reports/gpu-check
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out $(OUT) $(ARGS)
 
 clean:
 	rm -rf build *.egg-info hermes/*.so

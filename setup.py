@@ -11,7 +11,9 @@ the CUDA kernels too:
 - the CUDA part is added when torch is a CUDA build, a CUDA toolkit is found (``CUDA_HOME``)
   and either a GPU is visible or ``HERMES_CUDA=1`` asks for it (a compile check on a machine
   without a GPU); ``HERMES_NO_CUDA=1`` skips it. Architectures: ``TORCH_CUDA_ARCH_LIST``
-  (default "8.0;9.0a").
+  (default "8.0;9.0a"). No ``--use_fast_math``: the kernels keep IEEE division, square root,
+  ``expf``/``logf`` and denormals, so they are held to the same tolerances as the C++ kernels
+  (docs/ops.md, "The CUDA extension: no --use_fast_math").
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ def extensions() -> tuple[list, dict]:
             cpu_sources + _sources("*/*.cu"),
             include_dirs=include_dirs,
             library_dirs=library_dirs,
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
+            # No --use_fast_math (approximate exp/log/division, denormals flushed): see docs/ops.md.
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=["-fopenmp"],
             py_limited_api=False,
         )

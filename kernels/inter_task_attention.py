@@ -242,8 +242,14 @@ def ias_bwd_feature_kernel(
         )
 
 
+# Warps of every IAS kernel. With 256-pixel blocks and 16-channel chunks a thread holds 16
+# values of each (chunk x pixels) tile; 32-channel chunks (or 4 warps) made the apply and
+# feature-gradient kernels spill registers on sm_90 (tests/ops/test_sm90_compile.py).
+NUM_WARPS = 8
+
+
 def block_sizes(channels: int, pixels: int) -> tuple[int, int]:
-    """(BLOCK_C, BLOCK_P): channel chunk and pixel block of one program."""
-    return min(32, triton.next_power_of_2(channels)), min(
+    """(BLOCK_C, BLOCK_P): channel chunk and pixel block of one program (``NUM_WARPS`` warps)."""
+    return min(16, triton.next_power_of_2(channels)), min(
         256, max(16, triton.next_power_of_2(pixels))
     )

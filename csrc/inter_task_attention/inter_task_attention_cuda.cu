@@ -3,9 +3,12 @@
 //   forward  1: pooled = [max_C, mean_C](g x)
 //            2: a = sigmoid(conv_kxk(pooled) + bias), y = a g x
 //   backward 1: dz = (sum_C dy g x) a (1 - a), ties of the max
-//            2: d pooled (transposed conv of dz), d weight / d bias (warp sums + atomics),
-//               dx = dc g and d gate (warp sums + atomics) with
-//               dc = dy a + [g x == max] d max / #ties + d mean / C.
+//            2: d pooled (transposed conv of dz), d weight / d bias, and dx = dc g with
+//               dc = dy a + [g x == max] d max / #ties + d mean / C, and d gate = sum_HW dc x.
+// The backward sums (d weight, d bias, d gate) have no atomics: each block (one image, up to
+// kThreads pixels) reduces them with warp shuffles, then across its warps in shared memory in a
+// fixed order, and writes one partial per block and column; at::sum adds the partials. The
+// result is the same bit for bit from run to run.
 // Any float dtype; arithmetic in its op-math type (fp32 for fp16/bf16).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -94,57 +97,110 @@ __global__ void dz_kernel(const scalar_t* __restrict__ dy, const scalar_t* __res
   ties[e] = static_cast<float>(t);
 }
 
+constexpr int kWarps = kThreads / kWarp;
+
+// Column sums over a block's threads, up to kWarp columns at a time: stage() reduces one value per
+// thread within each warp (shuffles) and parks the warp's sum in shared memory; flush() adds the
+// kWarps sums of each staged column in a fixed order and writes them to out[0 .. n). Every thread
+// of the block must call both, with the same column and n (no thread may return early).
+struct ColumnSums {
+  float part[kWarps][kWarp];
+
+  __device__ __forceinline__ void stage(float v, int column) {
+    v = warp_sum(v);
+    if (threadIdx.x % kWarp == 0) part[threadIdx.x / kWarp][column] = v;
+  }
+
+  __device__ __forceinline__ void flush(int n, float* __restrict__ out) {
+    __syncthreads();
+    if (static_cast<int>(threadIdx.x) < n) {
+      float total = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) total += part[w][threadIdx.x];
+      out[threadIdx.x] = total;
+    }
+    __syncthreads();
+  }
+};
+
 // d pooled (gather form of the transposed conv), d weight and d bias, d x and d gate.
+// Grid: (pixel blocks, min(B, 65535)); blockIdx.y strides over the batch. Block (b, q) writes
+// row b * gridDim.x + q of wpart ((2 k^2 + 1) columns: d weight, then d bias) and of gpart
+// (C columns: d gate); the caller sums the rows.
 template <typename scalar_t>
 __global__ void grad_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                             const scalar_t* __restrict__ g, const scalar_t* __restrict__ w,
                             const scalar_t* __restrict__ pooled, const scalar_t* __restrict__ attn,
                             const float* __restrict__ dz, const float* __restrict__ ties, Dims s,
-                            scalar_t* __restrict__ dx, float* __restrict__ dgate,
-                            float* __restrict__ dweight) {
+                            scalar_t* __restrict__ dx, float* __restrict__ gpart,
+                            float* __restrict__ wpart) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  const bool live = e < s.b * s.hw;
-  const int64_t b = live ? e / s.hw : 0, p = live ? e % s.hw : 0, i = p / s.w, j = p % s.w;
-  float dpool[2] = {0.f, 0.f};
-  // d weight[ch, u, v] += dz[i, j] * pooled[ch, i + u - r, j + v - r]; d bias += dz[i, j].
-  const float dzp = live ? dz[e] : 0.f;
-  for (int64_t ch = 0; ch < 2; ++ch) {
-    const scalar_t* map = pooled + (b * 2 + ch) * s.hw;
-    for (int64_t u = 0; u < s.k; ++u) {
-      for (int64_t v = 0; v < s.k; ++v) {
-        const float wv = static_cast<float>(w[(ch * s.k + u) * s.k + v]);
-        float contrib = 0.f;
-        const int64_t ii = i + u - s.r, jj = j + v - s.r;
-        if (live && ii >= 0 && ii < s.h && jj >= 0 && jj < s.w) {
-          contrib = dzp * static_cast<float>(map[ii * s.w + jj]);
-        }
-        // this pixel as an input of the conv: output (i - u + r, j - v + r)
-        const int64_t oi = i - u + s.r, oj = j - v + s.r;
-        if (live && oi >= 0 && oi < s.h && oj >= 0 && oj < s.w) {
-          dpool[ch] += wv * dz[b * s.hw + oi * s.w + oj];
-        }
-        contrib = warp_sum(contrib);
-        if (threadIdx.x % kWarp == 0 && contrib != 0.f) {
-          atomicAdd(dweight + (ch * s.k + u) * s.k + v, contrib);
+  __shared__ ColumnSums sums;
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const bool live = p < s.hw;
+  const int64_t i = p / s.w, j = p % s.w;
+  const int64_t nw = 2 * s.k * s.k + 1;
+  for (int64_t b = blockIdx.y; b < s.b; b += gridDim.y) {
+    const int64_t e = b * s.hw + p;
+    const int64_t row = b * gridDim.x + blockIdx.x;
+    float* wout = wpart + row * nw;
+    float dpool[2] = {0.f, 0.f};
+    // d weight[ch, u, v] += dz[i, j] * pooled[ch, i + u - r, j + v - r]; d bias += dz[i, j].
+    // Columns are staged in weight order, kWarp at a time: column `col` of the chunk starting
+    // at `first` is weight (ch * k + u) * k + v.
+    const float dzp = live ? dz[e] : 0.f;
+    int col = 0;
+    int64_t first = 0;
+    for (int64_t ch = 0; ch < 2; ++ch) {
+      const scalar_t* map = pooled + (b * 2 + ch) * s.hw;
+      for (int64_t u = 0; u < s.k; ++u) {
+        for (int64_t v = 0; v < s.k; ++v) {
+          const float wv = static_cast<float>(w[(ch * s.k + u) * s.k + v]);
+          float contrib = 0.f;
+          const int64_t ii = i + u - s.r, jj = j + v - s.r;
+          if (live && ii >= 0 && ii < s.h && jj >= 0 && jj < s.w) {
+            contrib = dzp * static_cast<float>(map[ii * s.w + jj]);
+          }
+          // this pixel as an input of the conv: output (i - u + r, j - v + r)
+          const int64_t oi = i - u + s.r, oj = j - v + s.r;
+          if (live && oi >= 0 && oi < s.h && oj >= 0 && oj < s.w) {
+            dpool[ch] += wv * dz[b * s.hw + oi * s.w + oj];
+          }
+          sums.stage(contrib, col);
+          if (++col == kWarp) {
+            sums.flush(col, wout + first);
+            first += col;
+            col = 0;
+          }
         }
       }
     }
-  }
-  const float bias_part = warp_sum(dzp);
-  if (threadIdx.x % kWarp == 0 && bias_part != 0.f) atomicAdd(dweight + 2 * s.k * s.k, bias_part);
-  if (!live) return;
-  const scalar_t mx = pooled[(b * 2) * s.hw + p];
-  const acc_t a = static_cast<acc_t>(attn[e]);
-  const acc_t dmax = ties[e] > 0 ? dpool[0] / ties[e] : 0.f;
-  const acc_t dmean = dpool[1] / static_cast<acc_t>(s.c);
-  for (int64_t ch = 0; ch < s.c; ++ch) {
-    const int64_t idx = (b * s.c + ch) * s.hw + p;
-    const acc_t gc = static_cast<acc_t>(g[b * s.c + ch]);
-    const scalar_t v = g[b * s.c + ch] * x[idx];
-    const acc_t dc = static_cast<acc_t>(dy[idx]) * a + (v == mx ? dmax : acc_t(0)) + dmean;
-    dx[idx] = static_cast<scalar_t>(dc * gc);
-    atomicAdd(dgate + b * s.c + ch, static_cast<float>(dc * static_cast<acc_t>(x[idx])));
+    sums.stage(dzp, col);  // d bias: the last column
+    sums.flush(col + 1, wout + first);
+
+    const acc_t a = live ? static_cast<acc_t>(attn[e]) : acc_t(0);
+    const scalar_t mx = live ? pooled[(b * 2) * s.hw + p] : static_cast<scalar_t>(0.f);
+    const float t = live ? ties[e] : 0.f;
+    const acc_t dmax = t > 0 ? dpool[0] / t : 0.f;
+    const acc_t dmean = dpool[1] / static_cast<acc_t>(s.c);
+    float* gout = gpart + row * s.c;
+    for (int64_t c0 = 0; c0 < s.c; c0 += kWarp) {
+      const int n = static_cast<int>(s.c - c0 < kWarp ? s.c - c0 : kWarp);
+      for (int q = 0; q < n; ++q) {
+        const int64_t ch = c0 + q;
+        float contrib = 0.f;
+        if (live) {
+          const int64_t idx = (b * s.c + ch) * s.hw + p;
+          const acc_t gc = static_cast<acc_t>(g[b * s.c + ch]);
+          const scalar_t v = g[b * s.c + ch] * x[idx];
+          const acc_t dc = static_cast<acc_t>(dy[idx]) * a + (v == mx ? dmax : acc_t(0)) + dmean;
+          dx[idx] = static_cast<scalar_t>(dc * gc);
+          contrib = static_cast<float>(dc * static_cast<acc_t>(x[idx]));
+        }
+        sums.stage(contrib, q);
+      }
+      sums.flush(n, gout + c0);
+    }
   }
 }
 
@@ -222,6 +278,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ita_bwd_cuda(
   const int64_t n = s.b * s.hw;
   if (n > 0 && s.c > 0) {
     const auto stream = at::cuda::getCurrentCUDAStream();
+    // One row of partial sums per (image, pixel block): summed below, no atomics.
+    const int64_t pixel_blocks = blocks_for(s.hw, kThreads);
+    const dim3 grid(static_cast<unsigned>(pixel_blocks),
+                    static_cast<unsigned>(s.b < 65535 ? s.b : 65535));
+    at::Tensor gpart = at::empty({s.b, pixel_blocks, s.c}, f32);
+    at::Tensor wpart = at::empty({s.b * pixel_blocks, 2 * s.k * s.k + 1}, f32);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "ita_bwd_cuda",
                                     [&] {
       dz_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
@@ -229,13 +291,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ita_bwd_cuda(
           pc.data_ptr<scalar_t>(), ac.data_ptr<scalar_t>(), s, dz.data_ptr<float>(),
           ties.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      grad_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
+      grad_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
           dy.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
           wc.data_ptr<scalar_t>(), pc.data_ptr<scalar_t>(), ac.data_ptr<scalar_t>(),
           dz.data_ptr<float>(), ties.data_ptr<float>(), s, dx.data_ptr<scalar_t>(),
-          dgate.data_ptr<float>(), dweight.data_ptr<float>());
+          gpart.data_ptr<float>(), wpart.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
+    dgate = gpart.sum(1);
+    dweight = wpart.sum(0);
   } else {
     dx.zero_();
   }

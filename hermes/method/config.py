@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from hermes.checks import require
+from hermes.ops.supcon import FP32_PRECISIONS
 
 MODES = ("hermes", "supervised", "mean_teacher", "fixmatch")
 PSEUDO_LABELS = ("dual", "fixed")
@@ -144,6 +145,10 @@ class MethodConfig:
         eta_start: the entropy threshold starts at ``eta_start * ln C`` and ramps up to
             ``ln C`` (the paper: ``eta(t) = (0.75 + 0.25 rampup(t, T)) ln C``).
         temperature, base_temperature: of both contrastive losses.
+        contrast_fp32_precision: how the fused GPU kernels multiply the contrastive losses'
+            fp32 features (``fp32_precision`` of :func:`hermes.ops.supcon_loss`): ``"ieee"``
+            (fp32 accuracy) or ``"tf32"`` (tensor cores, about 1e-3 relative error: the class
+            of the bf16 features an autocast network gives anyway).
         warmup_steps: the two contrastive losses start at this step (the paper: after a warm-up;
             the trainer converts ``train.warmup_epochs`` into steps).
         max_samples, max_views: ContrastiveSeg hard-anchor sampling.
@@ -176,6 +181,7 @@ class MethodConfig:
     eta_start: float = 0.75
     temperature: float = 0.07
     base_temperature: float = 0.07
+    contrast_fp32_precision: str = "ieee"
     warmup_steps: int = 0
     max_samples: int = 1024
     max_views: int = 100
@@ -226,6 +232,12 @@ class MethodConfig:
             "method.tau_min",
             f"<= method.tau_max ({self.tau_max})",
             self.tau_min,
+        )
+        require(
+            self.contrast_fp32_precision in FP32_PRECISIONS,
+            "method.contrast_fp32_precision",
+            f"one of {FP32_PRECISIONS}",
+            self.contrast_fp32_precision,
         )
         for name in ("temperature", "base_temperature"):
             value = getattr(self, name)

@@ -29,6 +29,7 @@ def image_contrast(
     comm: Comm = _LOCAL,
     bank: ClassQueues | None = None,
     backend: str | None = None,
+    fp32_precision: str = "ieee",
 ) -> Tensor:
     """SupCon over the (strong, weak) projections with pseudo-labels, weighted by reliability.
 
@@ -38,6 +39,9 @@ def image_contrast(
     number of anchors that have a positive, then turned into the global value with
     :func:`global_sum`: its gradient on each rank is that rank's share of the global loss's
     gradient (the all-gather's backward brings the other ranks' use of this rank's rows).
+
+    ``fp32_precision``: how fp32 features are multiplied on a GPU
+    (:func:`hermes.ops.supcon_loss`).
 
     Shapes:
         strong, weak: (B, d) L2-normalised; labels: (B,) int64; reliable: (B,) bool or float.
@@ -74,6 +78,7 @@ def image_contrast(
         reduction="none",
         backend=backend,
         self_offset=offset,
+        fp32_precision=fp32_precision,
     )
     # An anchor has a positive when its class occurs in the contrast set besides itself.
     same = (anchor_labels[:, None] == contrast_labels[None, :]).sum(dim=1)
@@ -163,12 +168,13 @@ def pixel_contrast(
     base_temperature: float = 0.07,
     bank: ClassQueues | None = None,
     backend: str | None = None,
+    fp32_precision: str = "ieee",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """ContrastiveSeg pixel contrast: hard-anchor sampling, then SupCon over anchors x views with
     ``denominator="pos_plus_neg"`` (own positive plus all negatives), averaged over the anchors.
 
     ``labels`` and ``predictions`` are at input resolution and are resized (nearest) to the
-    embedding grid here.
+    embedding grid here. ``fp32_precision``: as in :func:`hermes.ops.supcon_loss`.
 
     Shapes:
         embedding: (B, d, h, w); labels: (B, H, W) int64 with -1 = ignore; predictions (B, H, W).
@@ -194,6 +200,7 @@ def pixel_contrast(
         base_temperature=base_temperature,
         denominator="pos_plus_neg",
         backend=backend,
+        fp32_precision=fp32_precision,
     )
     if bank is None:
         loss = supcon_loss(anchors, anchor_labels, **common)

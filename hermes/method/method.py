@@ -176,6 +176,7 @@ class HermesMethod(nn.Module):
                     comm=comm,
                     bank=self.image_bank,
                     backend=self.backend,
+                    fp32_precision=cfg.contrast_fp32_precision,
                 )
             if step >= cfg.warmup_steps and w.contrast_pix > 0:
                 contrast_pix = self._pixel_contrast(seg_u, pl_seg, contrast_mask)
@@ -288,6 +289,7 @@ class HermesMethod(nn.Module):
             base_temperature=cfg.base_temperature,
             bank=self.pixel_bank,
             backend=self.backend,
+            fp32_precision=cfg.contrast_fp32_precision,
         )
         if self.pixel_bank is not None:  # every rank enqueues (a collective), even with no anchors
             self._enqueue(self.pixel_bank, anchors, anchor_labels, None)

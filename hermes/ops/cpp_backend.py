@@ -126,8 +126,11 @@ def supcon_loss_cpp(
     denominator: str = "all",
     reduction: str = "mean",
     self_offset: int | None = None,
+    fp32_precision: str = "ieee",
 ) -> Tensor:
     """``supcon_loss`` on ``hermes._C`` (same arguments and semantics as the reference).
+
+    The kernels multiply in IEEE fp32 (fp64 for fp64) whatever ``fp32_precision`` says.
 
     Shapes: anchors (N, d), labels (N,), contrasts (M, d), contrast_labels (M,), weights (N,).
     Returns (N,) or a 0-dim fp32 tensor.
@@ -178,10 +181,24 @@ def _supcon_auto_reasons(anchors: Tensor, contrasts: Tensor | None = None, **_: 
 # reference wins or ties; the reference's memory is no concern there.
 _SUPCON_CPU_MIN_PAIRS = 256 * 256
 
+# Why the CUDA supcon_loss is not chosen automatically where Triton runs (see hermes.ops.dispatch).
+CUDA_SUPCON_NOT_AUTO = (
+    "the CUDA supcon_loss kernel has no data reuse (one block per anchor, no shared-memory "
+    "tiling, no tensor cores): never chosen automatically where Triton runs on the device "
+    "(backend='cuda' selects it)"
+)
+
+
+def _supcon_cuda_auto_reasons(**_: Any) -> list[str]:
+    return [CUDA_SUPCON_NOT_AUTO] if dispatch.is_registered("supcon_loss", "triton") else []
+
+
 dispatch.register(
     "supcon_loss", "cpp", supcon_loss_cpp, _supcon_reasons("cpu"), _supcon_auto_reasons
 )
-dispatch.register("supcon_loss", "cuda", supcon_loss_cpp, _supcon_reasons("cuda"))
+dispatch.register(
+    "supcon_loss", "cuda", supcon_loss_cpp, _supcon_reasons("cuda"), _supcon_cuda_auto_reasons
+)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,10 +8,20 @@ variables ``HERMES_BACKEND_<OP>`` / ``HERMES_BACKEND``) that cannot serve raises
 lists every reason. A backend whose module fails to import (a missing compiled extension, no
 Triton) is reported once in the log, never raised at import.
 
-Determinism: the GPU kernels (``triton``, ``cuda``) sum floats with atomics, in an order that
-can change from run to run. Under ``torch.use_deterministic_algorithms(True)`` they are not
-chosen on CUDA tensors (the reference is, with PyTorch's deterministic kernels) and forcing one
-is an error; with ``warn_only=True`` they stay usable and a warning says so once.
+Automatic choice on CUDA: ``triton``, then ``cuda``, then the reference; but the ``cuda``
+``supcon_loss`` is never chosen automatically where Triton is available (it has no data reuse:
+one block per anchor, no shared-memory tiling, no tensor cores), so inputs the Triton kernels
+decline (fp64, d > 256) go to the reference. ``backend="cuda"`` still selects it.
+
+Determinism (:data:`NONDETERMINISTIC`): the GPU ``dual_threshold`` kernels (``triton``,
+``cuda``) sum floats with atomics, in an order that can change from run to run. Under
+``torch.use_deterministic_algorithms(True)`` they are not chosen on CUDA tensors (the reference
+is, with PyTorch's deterministic kernels) and forcing one is an error; with ``warn_only=True``
+they stay usable and a warning says so once. The other GPU kernels add floats in a fixed order
+(per-block partial sums added by torch, no atomics), so they stay available in that mode:
+``inter_task_attention`` (``triton``, ``cuda``) and the ``cuda`` ``supcon_loss`` give the same
+bits from run to run in any mode, the ``triton`` ``supcon_loss`` under the mode (its class sums
+use ``index_add_``, which PyTorch makes deterministic there).
 """
 
 from __future__ import annotations
@@ -65,8 +75,10 @@ class Implementation:
     auto_reasons: Callable[..., list[str]] = field(default=_no_reasons)
 
 
-# Backends whose float sums on this device type depend on the order of atomics.
-NONDETERMINISTIC: dict[str, tuple[str, ...]] = {"cuda": ("triton", "cuda")}
+# (op, device type): the backends whose float sums there depend on the order of atomics.
+NONDETERMINISTIC: dict[tuple[str, str], tuple[str, ...]] = {
+    ("dual_threshold", "cuda"): ("triton", "cuda"),
+}
 
 _REGISTRY: dict[str, dict[str, Implementation]] = {op: {} for op in OPS}
 _LOAD_ERRORS: dict[str, str] = {}
@@ -113,19 +125,20 @@ def _reasons(op: str, backend: str, inputs: dict[str, Any]) -> list[str]:
     return list(impl.not_supported_reasons(**inputs))
 
 
-def determinism_reasons(backend: str, device_type: str) -> list[str]:
-    """Why ``backend`` may not run under ``torch.use_deterministic_algorithms(True)`` on this
-    device type (empty when it may, or when only a warning was asked for)."""
-    if backend not in NONDETERMINISTIC.get(device_type, ()):
+def determinism_reasons(op: str, backend: str, device_type: str) -> list[str]:
+    """Why ``backend``'s ``op`` may not run under ``torch.use_deterministic_algorithms(True)`` on
+    this device type (empty when it may, or when only a warning was asked for)."""
+    if backend not in NONDETERMINISTIC.get((op, device_type), ()):
         return []
     if not torch.are_deterministic_algorithms_enabled():
         return []
     if torch.is_deterministic_algorithms_warn_only_enabled():
-        key = ("deterministic-warning", backend, device_type)
+        key = ("deterministic-warning", op, backend, device_type)
         if key not in _LOGGED:
             _LOGGED.add(key)
             logger.warning(
-                "hermes.ops: backend %r on %s sums floats with atomics (not deterministic)",
+                "hermes.ops.%s: backend %r on %s sums floats with atomics (not deterministic)",
+                op,
                 backend,
                 device_type,
             )
@@ -134,6 +147,12 @@ def determinism_reasons(backend: str, device_type: str) -> list[str]:
         "its float sums are not deterministic and torch.use_deterministic_algorithms(True) is "
         "set (the torch backend is)"
     ]
+
+
+def is_registered(op: str, backend: str) -> bool:
+    """Whether ``backend`` has an implementation of ``op`` (its module imported); imports
+    nothing, so it may be called under ``torch.compile``."""
+    return backend in _REGISTRY[op]
 
 
 def not_supported_reasons(op: str, backend: str, inputs: dict[str, Any]) -> list[str]:
@@ -171,7 +190,7 @@ def select(
         load_backends()
     forced = requested_backend(op, backend)
     if forced is not None:
-        reasons = _reasons(op, forced, inputs) + determinism_reasons(forced, device.type)
+        reasons = _reasons(op, forced, inputs) + determinism_reasons(op, forced, device.type)
         if reasons:
             raise RuntimeError(
                 f"hermes.ops.{op}: backend {forced!r} cannot run these inputs: "
@@ -182,7 +201,7 @@ def select(
     declined: list[str] = []
     for name in AUTO_ORDER.get(device.type, ("torch",)):
         impl = _REGISTRY[op].get(name)
-        reasons = _reasons(op, name, inputs) + determinism_reasons(name, device.type)
+        reasons = _reasons(op, name, inputs) + determinism_reasons(op, name, device.type)
         if impl is not None and not reasons:
             reasons = list(impl.auto_reasons(**inputs))
         if not reasons:

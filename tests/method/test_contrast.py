@@ -120,3 +120,24 @@ def test_class_queues_fifo_and_overflow() -> None:
     q.enqueue(torch.arange(10.0, 15.0).view(5, 1), torch.ones(5, dtype=torch.long))
     feats, labels = q.filled()
     assert sorted(feats[labels == 1].view(-1).tolist()) == [12.0, 13.0, 14.0]
+
+
+def test_contrasts_pass_fp32_precision_to_the_op(monkeypatch) -> None:
+    """Both losses hand ``fp32_precision`` (``method.contrast_fp32_precision``) to supcon_loss."""
+    from hermes.method import contrast
+
+    seen = []
+    real = contrast.supcon_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("fp32_precision"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(contrast, "supcon_loss", spy)
+    g = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(4, 8, generator=g), dim=1)
+    image_contrast(z, z.flip(0), torch.tensor([0, 1, 0, 1]), torch.ones(4), fp32_precision="tf32")
+    emb = torch.randn(1, 8, 4, 4, generator=g)
+    labels = torch.randint(0, 2, (1, 4, 4), generator=g)
+    pixel_contrast(emb, labels, labels, max_views=2, fp32_precision="tf32")
+    assert seen == ["tf32", "tf32"]

@@ -194,6 +194,8 @@ def test_bad_method_config_names_the_field() -> None:
         MethodConfig(mode="semi")
     with pytest.raises(ValueError, match="method.weights.itc"):
         LossWeights(itc=-1.0)
+    with pytest.raises(ValueError, match="method.contrast_fp32_precision"):
+        MethodConfig(contrast_fp32_precision="fp16")
 
 
 def test_freeze_bn_unlabeled_keeps_running_stats_of_the_labeled_pass() -> None:

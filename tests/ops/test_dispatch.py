@@ -3,6 +3,8 @@ error that lists why a forced backend cannot serve."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import subprocess
 import sys
 
@@ -235,8 +237,6 @@ def test_public_op_compiles_fullgraph_after_load_backends():
 
 def test_automatic_choice_logged_once_per_op_device_backend(caplog, monkeypatch) -> None:
     """The same automatic choice for many input sizes: one INFO line, the rest at DEBUG."""
-    import logging
-
     monkeypatch.setattr(dispatch, "_LOGGED", set())
     declined = [["cpp: below 4096 pairs (N*M = 784)"], ["cpp: below 4096 pairs (N*M = 900)"]]
     with caplog.at_level(logging.DEBUG, logger="hermes.ops"):
@@ -250,19 +250,48 @@ def test_automatic_choice_logged_once_per_op_device_backend(caplog, monkeypatch)
 
 
 def test_deterministic_mode_declines_the_gpu_kernels(monkeypatch) -> None:
-    """Under torch.use_deterministic_algorithms the atomics-summing GPU backends are declined
-    on CUDA (with the reason), left alone on the CPU, and allowed with a warning in warn-only
-    mode."""
+    """Under torch.use_deterministic_algorithms the GPU kernels that sum floats with atomics
+    (dual_threshold's) are declined on CUDA (with the reason), left alone on the CPU, and
+    allowed with a warning in warn-only mode; the kernels that reduce in a fixed order
+    (supcon_loss, inter_task_attention) stay available."""
     monkeypatch.setattr(dispatch, "_LOGGED", set())
-    assert dispatch.determinism_reasons("triton", "cuda") == []  # not asked for
+    assert dispatch.determinism_reasons("dual_threshold", "triton", "cuda") == []  # not asked
     before = torch.are_deterministic_algorithms_enabled()
     try:
         torch.use_deterministic_algorithms(True)
-        assert "deterministic" in dispatch.determinism_reasons("triton", "cuda")[0]
-        assert dispatch.determinism_reasons("cuda", "cuda")
-        assert dispatch.determinism_reasons("torch", "cuda") == []
-        assert dispatch.determinism_reasons("cpp", "cpu") == []
+        reasons = dispatch.determinism_reasons("dual_threshold", "triton", "cuda")
+        assert "deterministic" in reasons[0]
+        assert dispatch.determinism_reasons("dual_threshold", "cuda", "cuda")
+        assert dispatch.determinism_reasons("dual_threshold", "torch", "cuda") == []
+        assert dispatch.determinism_reasons("dual_threshold", "cpp", "cpu") == []
+        for op in ("supcon_loss", "inter_task_attention"):
+            for backend in ("triton", "cuda"):
+                assert dispatch.determinism_reasons(op, backend, "cuda") == [], (op, backend)
         torch.use_deterministic_algorithms(True, warn_only=True)
-        assert dispatch.determinism_reasons("triton", "cuda") == []
+        assert dispatch.determinism_reasons("dual_threshold", "triton", "cuda") == []
     finally:
         torch.use_deterministic_algorithms(before)
+
+
+def test_cuda_supcon_is_not_chosen_automatically_where_triton_runs(monkeypatch, caplog) -> None:
+    """The CUDA supcon_loss kernel (no data reuse) is declined in the automatic choice, with
+    its reason in the log, whenever the Triton backend is there; forcing it still works."""
+    dispatch.load_backends()
+    for name in ("triton", "cuda"):
+        if not dispatch.is_registered("supcon_loss", name):
+            pytest.skip(f"{name} unavailable: {dispatch._LOAD_ERRORS.get(name)}")
+    # Stand-ins that accept the CPU inputs, so the choice itself is what is tested here.
+    registry = dict(dispatch._REGISTRY["supcon_loss"])
+    for name in ("triton", "cuda"):
+        registry[name] = dataclasses.replace(registry[name], not_supported_reasons=lambda **_: [])
+    monkeypatch.setitem(dispatch._REGISTRY, "supcon_loss", registry)
+    monkeypatch.setitem(dispatch.AUTO_ORDER, "cpu", ("cuda", "torch"))
+    monkeypatch.setattr(dispatch, "_LOGGED", set())
+    inputs = _supcon_inputs()
+    device = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="hermes.ops"):
+        assert dispatch.select("supcon_loss", None, device, inputs).backend == "torch"
+    assert any("no data reuse" in r.getMessage() for r in caplog.records)
+    assert dispatch.select("supcon_loss", "cuda", device, inputs).backend == "cuda"
+    del registry["triton"]  # without Triton the CUDA kernel is a candidate again
+    assert dispatch.select("supcon_loss", None, device, inputs).backend == "cuda"

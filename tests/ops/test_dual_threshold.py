@@ -183,51 +183,6 @@ def test_triton_custom_ops_trace_under_compile(require_backend):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
-def test_kernels_compile_for_h100(sm90_compiler, dtype):
-    """Both passes build for sm_90 (int64 atomics included) at the target's shape, C = 2."""
-    from hermes.kernels import dual_threshold as K
-
-    block_e, block_c = K.block_sizes(2)
-    const = dict(HAS_VALID=True, BLOCK_E=block_e, BLOCK_C=block_c)
-    sm90_compiler(
-        "hermes.kernels.dual_threshold",
-        "dual_threshold_pass1_kernel",
-        {
-            "x_ptr": f"*{dtype}",
-            "valid_ptr": "*i1",
-            "label_ptr": "*i64",
-            "conf_ptr": "*fp32",
-            "ent_ptr": "*fp32",
-            "hist_ptr": "*i64",
-            "E": "i32",
-            "C": "i32",
-            "S": "i32",
-            "eps": "fp32",
-        },
-        const,
-    )
-    sm90_compiler(
-        "hermes.kernels.dual_threshold",
-        "dual_threshold_pass2_kernel",
-        {
-            "label_ptr": "*i64",
-            "conf_ptr": "*fp32",
-            "ent_ptr": "*fp32",
-            "valid_ptr": "*i1",
-            "thr_ptr": "*fp32",
-            "eta_ptr": "*fp32",
-            "reliable_ptr": "*u8",
-            "kept_ptr": "*i64",
-            "sums_ptr": "*fp32",
-            "E": "i32",
-            "C": "i32",
-        },
-        const,
-    )
-
-
 # No sample, no pixel, or both; with and without a valid mask.
 EMPTY_SHAPES = [(0, 3), (0, 3, 4, 4), (2, 3, 0, 4), (2, 3, 4, 0), (0, 2, 0, 0)]
 

@@ -37,7 +37,15 @@ def ias_fwd(
         grid = (_cdiv(h * w, block_p), b)  # pixel blocks on axis 0 (axis 1 stops at 65535)
         with launch_device(cls_feature):
             K.ias_pool_kernel[grid](
-                cls_feature, gate, pooled, cnt, c, h * w, BLOCK_C=block_c, BLOCK_P=block_p
+                cls_feature,
+                gate,
+                pooled,
+                cnt,
+                c,
+                h * w,
+                BLOCK_C=block_c,
+                BLOCK_P=block_p,
+                num_warps=K.NUM_WARPS,
             )
         with launch_device(cls_feature):
             K.ias_apply_kernel[grid](
@@ -54,6 +62,7 @@ def ias_fwd(
                 KSIZE=spatial_weight.shape[-1],
                 BLOCK_C=block_c,
                 BLOCK_P=block_p,
+                num_warps=K.NUM_WARPS,
             )
     return y, pooled, cnt, a
 
@@ -107,6 +116,7 @@ def ias_bwd(
                 KSIZE=k,
                 BLOCK_C=block_c,
                 BLOCK_P=block_p,
+                num_warps=K.NUM_WARPS,
             )
         with launch_device(grad_y):
             K.ias_bwd_feature_kernel[grid](
@@ -126,6 +136,7 @@ def ias_bwd(
                 KSIZE=k,
                 BLOCK_C=block_c,
                 BLOCK_P=block_p,
+                num_warps=K.NUM_WARPS,
             )
     dwb = dwb.sum(dim=0)
     return (

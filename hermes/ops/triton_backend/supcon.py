@@ -1,8 +1,8 @@
 """``supcon_loss`` on Triton: custom ops ``hermes::triton_supcon_fwd`` / ``_bwd`` and autograd.
 
 The kernels (``hermes.kernels.supcon``) do the pairwise passes (log-sum-exp, and the positive
-pairs of ``pos_plus_neg``); the positive term of ``all`` and the positive counts come from
-per-class feature sums here (O((N + M) d), no host synchronisation). Per-anchor weights and the
+pairs of ``pos_plus_neg``) on dense int32 class ids; the positive term of ``all`` and the
+positive counts come from per-class feature sums here (O((N + M) d), no host synchronisation). Per-anchor weights and the
 reduction are plain tensor ops, so gradients reach ``weights`` too.
 """
 
@@ -21,15 +21,25 @@ from hermes.ops.triton_backend._common import (
 )
 
 
-def _launch_args(anchors: Tensor) -> dict:
-    n_block, m_block, d_block = K.block_sizes(anchors.shape[1])
-    return dict(
-        F32_DOT=K.fp32_dot(anchors.dtype), BLOCK_N=n_block, BLOCK_M=m_block, BLOCK_D=d_block
-    )
+def _launch_args(kernel: str, anchors: Tensor, fp32_precision: str) -> dict:
+    """Constexprs and launch options of ``supcon_<kernel>_kernel`` for these anchors."""
+    dot = K.dot_mode(anchors.dtype, fp32_precision)
+    return dict(DOT=dot, **K.launch_config(kernel, anchors.shape[1], dot))
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _class_ids(labels: Tensor, contrast_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Dense class ids of anchors (N,) and contrasts (M,), int64 in ``[0, N + M)``, by a sort
+    (any int64 labels, no ``unique``, no host synchronisation). Equal labels, equal ids."""
+    n = labels.shape[0]
+    sorted_y, order = torch.sort(torch.cat([labels, contrast_labels]))
+    first = torch.ones_like(sorted_y, dtype=torch.bool)
+    first[1:] = sorted_y[1:] != sorted_y[:-1]
+    ids = torch.empty_like(sorted_y).scatter_(0, order, torch.cumsum(first, 0) - 1)
+    return ids[:n], ids[n:]
 
 
 def _positives(
@@ -37,25 +47,22 @@ def _positives(
     labels: Tensor,
     contrasts: Tensor,
     contrast_labels: Tensor,
+    ids_a: Tensor,
+    ids_b: Tensor,
     self_offset: int,
     has_self: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The linear positive term from per-class feature sums, without a host synchronisation.
 
-    Labels are renumbered densely by a sort (any int64 values, no ``unique``); with ``S_c`` the
-    sum of the contrast features of class ``c``, anchor ``i``'s positives sum to
-    ``S_{y_i} - b_self`` (when its self pair exists and carries its label).
+    With ``S_c`` the sum of the contrast features of class ``c`` (``ids_a``, ``ids_b`` from
+    :func:`_class_ids`), anchor ``i``'s positives sum to ``S_{y_i} - b_self`` (when its self
+    pair exists and carries its label).
 
     Returns ``pos_feat`` (N, d) fp32 (sum of the positives' features), ``n_pos`` (N,) fp32, the
-    dense class ids of anchors (N,) and contrasts (M,), the self contrast index (N,) (clamped
-    into range) and whether the self pair is a positive that must be left out (N,) fp32.
+    self contrast index (N,) (clamped into range) and whether the self pair is a positive that
+    must be left out (N,) fp32.
     """
     n, m = labels.shape[0], contrast_labels.shape[0]
-    sorted_y, order = torch.sort(torch.cat([labels, contrast_labels]))
-    first = torch.ones_like(sorted_y, dtype=torch.bool)
-    first[1:] = sorted_y[1:] != sorted_y[:-1]
-    ids = torch.empty_like(sorted_y).scatter_(0, order, torch.cumsum(first, 0) - 1)
-    ids_a, ids_b = ids[:n], ids[n:]
     b = contrasts.float()
     sums = torch.zeros(n + m, b.shape[1], device=b.device).index_add_(0, ids_b, b)
     counts = torch.zeros(n + m, device=b.device).index_add_(0, ids_b, b.new_ones(m))
@@ -65,7 +72,7 @@ def _positives(
     self_pos = (self_pos & (contrast_labels[self_idx] == labels)).float()
     pos_feat = sums[ids_a] - self_pos[:, None] * b[self_idx]
     n_pos = counts[ids_a] - self_pos
-    return pos_feat, n_pos, ids_a, ids_b, self_idx, self_pos
+    return pos_feat, n_pos, self_idx, self_pos
 
 
 @torch.library.custom_op("hermes::triton_supcon_fwd", mutates_args=())
@@ -79,9 +86,10 @@ def supcon_fwd(
     self_offset: int,
     has_self: bool,
     pos_plus_neg: bool,
+    fp32_precision: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Shapes: anchors (N, d), labels (N,), contrasts (M, d) with M >= 1, contrast_labels (M,),
-    all contiguous.
+    all contiguous. ``fp32_precision``: how fp32 tiles are multiplied (``K.FP32_PRECISIONS``).
 
     Returns four (N,) fp32 tensors: the loss per anchor (unweighted, 0 without positives), the
     log-sum-exp (over non-self pairs for ``all``, over negatives for ``pos_plus_neg``), the
@@ -91,14 +99,15 @@ def supcon_fwd(
     m = contrasts.shape[0]
     scale = temperature / base_temperature
     lse, sp_sum, h = (torch.zeros(n, dtype=torch.float32, device=anchors.device) for _ in range(3))
+    ids_a, ids_b = _class_ids(labels, contrast_labels)
     if n > 0:
-        cfg = _launch_args(anchors)
+        cfg = _launch_args("fwd", anchors, fp32_precision)
         with launch_device(anchors):
             K.supcon_fwd_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
                 anchors,
-                labels,
+                ids_a.int(),
                 contrasts,
-                contrast_labels,
+                ids_b.int(),
                 lse,
                 sp_sum,
                 h,
@@ -112,7 +121,7 @@ def supcon_fwd(
                 **cfg,
             )
     pos_feat, n_pos, *_ = _positives(
-        anchors, labels, contrasts, contrast_labels, self_offset, has_self
+        anchors, labels, contrasts, contrast_labels, ids_a, ids_b, self_offset, has_self
     )
     denom = n_pos.clamp(min=1)
     if pos_plus_neg:
@@ -134,6 +143,7 @@ def _(
     self_offset,
     has_self,
     pos_plus_neg,
+    fp32_precision,
 ):
     n = anchors.shape[0]
     return tuple(anchors.new_empty((n,), dtype=torch.float32) for _ in range(4))
@@ -154,6 +164,7 @@ def supcon_bwd(
     self_offset: int,
     has_self: bool,
     pos_plus_neg: bool,
+    fp32_precision: str,
 ) -> tuple[Tensor, Tensor]:
     """Gradients of the per-anchor losses: ``(d anchors (N, d), d contrasts (M, d))`` in their dtypes."""
     n, d = anchors.shape
@@ -166,22 +177,25 @@ def supcon_bwd(
     g = g.contiguous()
     da = torch.zeros(n, d, dtype=torch.float32, device=anchors.device)
     db = torch.zeros(m, d, dtype=torch.float32, device=anchors.device)
+    ids_a, ids_b = _class_ids(labels, contrast_labels)
     if n > 0:
-        cfg = _launch_args(anchors)
         common = (n, m, d, inv_t, self_offset)
-        flags = dict(HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg, **cfg)
+        flags = dict(HAS_SELF=has_self, POS_PLUS_NEG=pos_plus_neg)
+        ya, yb = ids_a.int(), ids_b.int()
+        cfg = _launch_args("bwd_anchor", anchors, fp32_precision)
         with launch_device(anchors):
             K.supcon_bwd_anchor_kernel[(_cdiv(n, cfg["BLOCK_N"]),)](
-                anchors, labels, contrasts, contrast_labels, lse, c, g, da, *common, **flags
+                anchors, ya, contrasts, yb, lse, c, g, da, *common, **flags, **cfg
             )
+        cfg = _launch_args("bwd_contrast", anchors, fp32_precision)
         with launch_device(anchors):
             K.supcon_bwd_contrast_kernel[(_cdiv(m, cfg["BLOCK_M"]),)](
-                anchors, labels, contrasts, contrast_labels, lse, c, g, db, *common, **flags
+                anchors, ya, contrasts, yb, lse, c, g, db, *common, **flags, **cfg
             )
     if not pos_plus_neg:
         # The positive term -g_i a_i . (S_{y_i} - b_self) / t, by the class sums again.
-        pos_feat, _, ids_a, ids_b, self_idx, self_pos = _positives(
-            anchors, labels, contrasts, contrast_labels, self_offset, has_self
+        pos_feat, _, self_idx, self_pos = _positives(
+            anchors, labels, contrasts, contrast_labels, ids_a, ids_b, self_offset, has_self
         )
         ga = g[:, None] * anchors.float()
         da -= inv_t * g[:, None] * pos_feat
@@ -206,6 +220,7 @@ def _(
     self_offset,
     has_self,
     pos_plus_neg,
+    fp32_precision,
 ):
     return torch.empty_like(anchors), torch.empty_like(contrasts)
 
@@ -230,7 +245,7 @@ def _backward(ctx, grad_loss, _grad_lse, _grad_npos, _grad_h):
         h,
         *ctx.scalars,
     )
-    return da, None, db, None, None, None, None, None, None
+    return da, None, db, None, None, None, None, None, None, None
 
 
 supcon_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -248,6 +263,7 @@ def supcon_loss(
     denominator: str,
     reduction: str,
     self_offset: int | None,
+    fp32_precision: str = "ieee",
 ) -> Tensor:
     """The Triton implementation behind :func:`hermes.ops.supcon_loss` (same arguments)."""
     anchors = anchors.contiguous()
@@ -271,6 +287,7 @@ def supcon_loss(
         0 if self_offset is None else int(self_offset),
         self_offset is not None,
         denominator == "pos_plus_neg",
+        fp32_precision,
     )
     per_anchor = nonfinite_to_nan(per_anchor, anchors, contrasts)
     if weights is not None:
