@@ -116,6 +116,7 @@ class ClassificationBranch(nn.Module):
         seg_feature_channels: channels of the four segmentation features, in stride order.
         encoder: a prebuilt :func:`build_cls_encoder` (``None``: build it here).
         load_weights: read the configured pretrained weights when building the encoder.
+        backend: backend of the attention's fused op (``None``: automatic dispatch).
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class ClassificationBranch(nn.Module):
         seg_feature_channels: tuple[int, ...],
         encoder: nn.Module | None = None,
         load_weights: bool = True,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -137,9 +139,7 @@ class ClassificationBranch(nn.Module):
         self._seg_features: list[Tensor] | None = None
         if cfg.attention:
             self.attention = nn.ModuleList(
-                SegAttention(
-                    s, d["num_chs"], cfg.attention_reduction, cfg.backend, cfg.attention_init
-                )
+                SegAttention(s, d["num_chs"], cfg.attention_reduction, backend, cfg.attention_init)
                 for s, d in zip(seg_feature_channels, depths, strict=True)
             )
             for i, d in enumerate(depths):

@@ -38,7 +38,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_stem_width": 64,
         "cls_stem_type": "",
         "attention_init": "default",
-        "image_size": 224,
         "pretrained_seg": "imagenet",
         "pretrained_cls": "imagenet",
     },
@@ -53,7 +52,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_stem_width": None,
         "cls_stem_type": None,
         "attention_init": "identity",
-        "image_size": 128,
         "pretrained_seg": "imagenet",
         "pretrained_cls": "imagenet",
     },
@@ -68,7 +66,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "cls_stem_width": 16,
         "cls_stem_type": "deep",
         "attention_init": "default",
-        "image_size": 128,
         "pretrained_seg": "none",
         "pretrained_cls": "none",
     },
@@ -125,9 +122,6 @@ class ModelConfig:
             ``"identity"``: each attention starts as a uniform scaling of the classification
             feature (zero weights in the channel gate's last layer and the spatial convolution),
             so that pretrained encoder features are not scrambled at the start.
-        image_size: the input size the preset is meant for (informational; the network takes
-            any H, W divisible by 32).
-        backend: forced backend of the fused ops (``None``: automatic dispatch).
     """
 
     preset: str = "small"
@@ -155,8 +149,6 @@ class ModelConfig:
     attention_reduction: int = 4
     attention_source: str = "decoder"
     attention_init: str | None = None
-    image_size: int | None = None
-    backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -202,16 +194,11 @@ class ModelConfig:
             "proj_dim",
             "consistency_dim",
             "attention_reduction",
-            "image_size",
         ):
             _check_positive_int(name, getattr(self, name))
         for name in ("seg_stem_width", "cls_stem_width"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
-        if self.image_size % 32 != 0:
-            raise ValueError(
-                f"ModelConfig.image_size must be divisible by 32, got {self.image_size}"
-            )
         for name in ("seg_stem_type", "cls_stem_type"):
             value = getattr(self, name)
             if value is not None and value not in STEM_TYPES:
@@ -230,7 +217,7 @@ class ModelConfig:
                 f"ModelConfig.attention_source must be one of {ATTENTION_SOURCES}, "
                 f"got {self.attention_source!r}"
             )
-        for name in ("pretrained_cls", "pretrained_seg", "seg_encoder", "cls_encoder", "backend"):
+        for name in ("pretrained_cls", "pretrained_seg", "seg_encoder", "cls_encoder"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"ModelConfig.{name} must be a string or None, got {value!r}")

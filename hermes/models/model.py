@@ -27,9 +27,12 @@ class HermesModel(nn.Module):
 
     ``seg.parameters()`` and ``cls.parameters()`` partition ``parameters()`` (the attention
     adapters belong to ``cls``), so each branch can have its own optimiser or parameter group.
+    ``backend`` forces the backend of the attention's fused op (``None``: automatic dispatch).
     """
 
-    def __init__(self, cfg: ModelConfig, load_weights: bool = True) -> None:
+    def __init__(
+        self, cfg: ModelConfig, load_weights: bool = True, backend: str | None = None
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         # The classification encoder decides where the attention acts (its first four feature
@@ -37,7 +40,9 @@ class HermesModel(nn.Module):
         cls_encoder = build_cls_encoder(cfg, load_weights)
         strides = tuple(d["reduction"] for d in attention_depths(cls_encoder, cfg.cls_encoder))
         self.seg = SegmentationBranch(cfg, strides, load_weights)
-        self.cls = ClassificationBranch(cfg, self.seg.feature_channels, cls_encoder)
+        self.cls = ClassificationBranch(
+            cfg, self.seg.feature_channels, cls_encoder, backend=backend
+        )
 
     def saliency(self, x: Tensor) -> Tensor | None:
         """Input-gradient saliency of the classification branch (without attention).
@@ -137,9 +142,13 @@ class HermesModel(nn.Module):
             )
 
 
-def build_model(cfg: ModelConfig | None = None, load_weights: bool = True) -> HermesModel:
+def build_model(
+    cfg: ModelConfig | None = None, load_weights: bool = True, backend: str | None = None
+) -> HermesModel:
     """Build the network of ``cfg`` (default: ``ModelConfig()``, the small preset).
 
     ``load_weights=False`` skips reading the configured pretrained weights (the structure and
-    input normalisation are the same): for a model whose weights come from a checkpoint."""
-    return HermesModel(cfg if cfg is not None else ModelConfig(), load_weights)
+    input normalisation are the same): for a model whose weights come from a checkpoint.
+    ``backend`` forces the backend of the inter-task attention's fused op (``"torch"``,
+    ``"triton"``, ``"cpp"``, ``"cuda"``; ``None``: automatic dispatch)."""
+    return HermesModel(cfg if cfg is not None else ModelConfig(), load_weights, backend)

@@ -19,7 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from hermes.comm import Comm
 from hermes.data import Data, build_data
 from hermes.method import build_method, poly_factor
-from hermes.models import HermesModel, ModelConfig, build_model
+from hermes.models import HermesModel, build_model
 from hermes.train.config import OptimConfig, TrainConfig
 from hermes.train.optim import build_branch_optimizer, param_groups
 
@@ -60,19 +60,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def model_with_backend(model: ModelConfig, backend: str) -> ModelConfig:
-    """The model configuration with the run's fused-op backend (``TrainConfig.backend``) passed
-    down to its attention; the process environment is left alone. A conflicting
-    ``model.backend`` is an error naming both fields."""
-    if backend == "auto":
-        return model
-    if model.backend is not None and model.backend != backend:
-        raise ValueError(
-            f"model.backend: {model.backend!r} conflicts with backend: {backend!r} (set one)"
-        )
-    return replace(model, backend=backend)
-
-
 def build_optimizers(
     model: HermesModel, cfg: OptimConfig
 ) -> tuple[list[torch.optim.Optimizer], list[LambdaLR]]:
@@ -97,31 +84,26 @@ def build_everything(
     """Data, networks (on ``device``), method, optimisers and schedules of ``cfg``.
 
     Seeds every RNG with ``cfg.seed`` first, so the initial weights depend on the seed only.
-    ``cfg.model.num_classes`` must match the data's classes.
+    ``cfg.backend`` is passed to the networks' and the method's fused ops as an argument.
     """
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = device if device is not None else resolve_device(cfg.device)
     data = build_data(cfg.data)
-    if data.num_classes != cfg.model.num_classes:
-        raise ValueError(
-            f"model.num_classes: the data has {data.num_classes} classes {data.classes}, "
-            f"got {cfg.model.num_classes}"
-        )
     method_cfg = cfg.method
     if cfg.warmup_epochs is not None:
         loader = data.labeled if cfg.warmup_epochs_of == "labeled" else data.unlabeled
         steps = int(round(cfg.warmup_epochs * len(loader)))
         method_cfg = replace(method_cfg, warmup_steps=steps)
+    backend = None if cfg.backend == "auto" else cfg.backend
     seed_everything(cfg.seed)
-    model = build_model(model_with_backend(cfg.model, cfg.backend)).to(device)
+    model = build_model(cfg.model, backend=backend).to(device)
     if cfg.channels_last and cfg.distributed.workers == 1:
         model = model.to(memory_format=torch.channels_last)
     elif cfg.channels_last:
         # DeepSpeed's parameter broadcast views every tensor as bytes, which needs the
         # contiguous (channels-first) layout.
         logger.info("channels_last: not used with distributed.workers > 1 (DeepSpeed)")
-    backend = None if cfg.backend == "auto" else cfg.backend
     method = build_method(model, method_cfg, comm=comm, backend=backend).to(device)
     optimizers, schedulers = build_optimizers(model, cfg.optim)
     n_cls = sum(p.numel() for p in model.cls.parameters())

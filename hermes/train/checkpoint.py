@@ -229,10 +229,10 @@ def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any]:
     """Rebuild the networks of a checkpoint in eval mode. Returns ``(model, TrainConfig)``."""
     from hermes.models import build_model
-    from hermes.train.config import TrainConfig, from_dict
+    from hermes.train.config import train_config_from_dict, upgrade_stored
 
     ckpt = load_checkpoint(path)
-    cfg = from_dict(TrainConfig, ckpt["config"])
+    cfg = train_config_from_dict(upgrade_stored(ckpt["config"]))
     model = build_model(cfg.model, load_weights=False)  # the checkpoint holds the weights
     model.load_state_dict(model_state(ckpt))
     return model.to(device).eval(), cfg

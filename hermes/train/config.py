@@ -36,6 +36,8 @@ IMAGE_SIZE_MULTIPLE = 32
 
 
 CLS_OPTIMIZERS = ("sgd", "adamw")
+# Model settings that a training config keeps elsewhere, with their one home there.
+MOVED = {"image_size": "data.image_size", "backend": "backend"}
 
 
 @dataclass
@@ -153,7 +155,8 @@ class TrainConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         amp: mixed precision on a GPU (bf16 where supported, else fp16 with loss scaling).
         backend: backend of the three fused ops (``auto``, ``torch``, ``triton``, ``cpp``,
-            ``cuda``).
+            ``cuda``), passed to them as an argument (the ``HERMES_BACKEND`` environment variable
+            is the user's own override and is never written).
         threads: ``torch.set_num_threads`` (``None``: leave torch's default).
         channels_last: keep the networks' weights in the channels-last memory format (on 2 CPU
             cores an EfficientNet-Lite0 step at 128 px took 0.89 s instead of 1.46 s). Single
@@ -192,6 +195,11 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # The model has one output per data class: model.num_classes is derived, not set.
+        classes = len(self.data.classes)
+        require(classes in (2, 3), "data.classes", "2 or 3 classes", self.data.classes)
+        if self.model.num_classes != classes:
+            self.model = dataclasses.replace(self.model, num_classes=classes)
         require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
         require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}", self.backend)
         size = self.data.image_size
@@ -301,6 +309,44 @@ def from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         raise ValueError(message) from None
 
 
+def train_config_from_dict(tree: dict[str, Any]) -> TrainConfig:
+    """:class:`TrainConfig` from a nested mapping (a YAML file's, with overrides applied).
+
+    Besides :func:`from_dict`'s checks: ``model.image_size`` and ``model.backend`` are refused
+    with the field that sets them (``data.image_size``, ``backend``), and ``model.num_classes``,
+    derived from ``data.classes``, is refused unless it agrees with it."""
+    model = tree.get("model")
+    if isinstance(model, dict):
+        for key, home in MOVED.items():
+            if key in model:
+                raise ValueError(f"model.{key}: a training config sets it as {home}")
+        if "num_classes" in model:
+            classes = (tree.get("data") or {}).get("classes", DataConfig.classes)
+            if isinstance(classes, (list, tuple)) and model["num_classes"] != len(classes):
+                raise ValueError(
+                    f"model.num_classes: {model['num_classes']!r}, but data.classes {list(classes)} "
+                    f"has {len(classes)}; the model has one output per data class (leave "
+                    "model.num_classes out)"
+                )
+    return from_dict(TrainConfig, tree)
+
+
+def upgrade_stored(tree: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a checkpoint's) from before ``model.image_size`` and ``model.backend``
+    moved: the first dropped (``data.image_size`` was always the input size), the second moved
+    to ``backend`` where that was ``auto``."""
+    model = tree.get("model")
+    if not isinstance(model, dict) or not MOVED.keys() & model.keys():
+        return tree
+    tree, model = dict(tree), dict(model)
+    model.pop("image_size", None)
+    backend = model.pop("backend", None)
+    if backend is not None and tree.get("backend", "auto") == "auto":
+        tree["backend"] = backend
+    tree["model"] = model
+    return tree
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain nested dict (tuples as lists) of a dataclass, e.g. for YAML or a checkpoint."""
 
@@ -359,7 +405,7 @@ def load_config(
     """Load a preset (name or YAML path; ``None``: the dataclass defaults, or ``base``, a plain
     config dict such as a checkpoint's) and apply overrides, ``"key=value"`` strings (the value
     parsed as YAML) or ``(key, value)`` pairs, then validate everything."""
-    tree: dict[str, Any] = dict(base) if base is not None else {}
+    tree: dict[str, Any] = upgrade_stored(dict(base)) if base is not None else {}
     if preset is not None:
         path = preset_path(preset)
         loaded = yaml.safe_load(path.read_text()) or {}
@@ -371,7 +417,7 @@ def load_config(
     for item in overrides or []:
         key, value = parse_override(item) if isinstance(item, str) else item
         _set(tree, key, value)
-    return from_dict(TrainConfig, tree)
+    return train_config_from_dict(tree)
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

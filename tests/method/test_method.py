@@ -28,7 +28,6 @@ def tiny_model(num_classes: int = 2, **kw) -> torch.nn.Module:
         proj_hidden=16,
         proj_dim=8,
         consistency_dim=8,
-        image_size=S,
         **kw,
     )
     return build_model(cfg)

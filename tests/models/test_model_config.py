@@ -15,9 +15,9 @@ def test_preset_fills_unset_fields(preset: str) -> None:
 
 
 def test_explicit_fields_override_the_preset_and_lists_become_tuples() -> None:
-    cfg = ModelConfig(preset="small", decoder_channels=[8, 8, 8, 8, 8], image_size=96)
+    cfg = ModelConfig(preset="small", decoder_channels=[8, 8, 8, 8, 8], embed_dim=32)
     assert cfg.decoder_channels == (8, 8, 8, 8, 8)
-    assert cfg.image_size == 96
+    assert cfg.embed_dim == 32
     assert cfg.cls_widths == PRESETS["small"]["cls_widths"]
 
 
@@ -38,7 +38,6 @@ def test_own_seg_encoder_does_not_inherit_preset_widths() -> None:
         ("decoder_dropout", 1.0),
         ("attention_source", "middle"),
         ("cls_stem_type", "wide"),
-        ("image_size", 100),
         ("embed_dim", 0),
         ("pretrained_cls", 3),
     ],

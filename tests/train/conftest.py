@@ -17,7 +17,6 @@ TINY_MODEL = [
     "model.proj_hidden=16",
     "model.proj_dim=8",
     "model.consistency_dim=8",
-    "model.image_size=32",
 ]
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hermes.train.config import TrainConfig, load_config, save_config
+from hermes.train.config import TrainConfig, load_config, save_config, to_dict
 
 
 def test_presets_load_and_differ() -> None:
@@ -67,6 +67,35 @@ def test_overrides_nested_and_typed(tmp_path: Path) -> None:
 def test_bad_value_names_the_field(override: str, field: str) -> None:
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
         load_config("default", [override])
+
+
+def test_model_classes_follow_the_data() -> None:
+    three = load_config("default", ["data.classes=[normal, benign, malignant]"])
+    assert three.model.num_classes == 3
+    assert load_config("default", ["model.num_classes=2"]).model.num_classes == 2  # agrees
+    with pytest.raises(ValueError, match=r"model.num_classes: 3, but data.classes .* has 2"):
+        load_config("default", ["model.num_classes=3"])
+    with pytest.raises(ValueError, match="data.classes"):
+        load_config("default", ["data.classes=[a, b, c, d]"])
+
+
+@pytest.mark.parametrize(
+    ("override", "home"),
+    [("model.image_size=64", "data.image_size"), ("model.backend=cpp", "backend")],
+)
+def test_model_settings_with_another_home_are_refused(override: str, home: str) -> None:
+    with pytest.raises(ValueError, match=f"{override.split('=')[0]}: .* sets it as {home}$"):
+        load_config("default", [override])
+
+
+def test_a_stored_config_from_before_the_move_loads() -> None:
+    """A checkpoint's config written when the model had image_size and backend fields."""
+    old = to_dict(load_config("default"))
+    old["model"].update(image_size=128, backend="cpp")
+    cfg = load_config(None, ["optim.steps=7"], base=old)
+    assert cfg.backend == "cpp" and cfg.data.image_size == 128 and cfg.optim.steps == 7
+    old["backend"] = "torch"  # the run's own backend wins
+    assert load_config(None, base=old).backend == "torch"
 
 
 def test_missing_preset_is_a_clear_error() -> None:

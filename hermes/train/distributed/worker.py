@@ -175,13 +175,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from hermes.train.build import build_everything, seed_everything
-    from hermes.train.config import from_dict
+    from hermes.train.config import train_config_from_dict
     from hermes.train.distributed.comm import TorchDistComm
     from hermes.train.distributed.engine import build_engine, load_deepspeed_config
     from hermes.train.loop import run_loop
 
     # log lines, not a progress bar, in the job log
-    cfg = replace(from_dict(TrainConfig, config["train_config"]), progress=False)
+    cfg = replace(train_config_from_dict(config["train_config"]), progress=False)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _log_to_stderr(rank)
