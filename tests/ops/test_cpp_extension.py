@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 from hermes.ops import (
     dispatch,
+    dual_threshold,
     dual_threshold_reference,
-    inter_task_attention_reference,
+    inter_task_attention,
+    supcon_loss,
     supcon_loss_reference,
 )
 from hermes.ops.dual_threshold import class_thresholds
@@ -181,7 +183,7 @@ def _compare_supcon(cb, n, m, d, k, denominator, self_offset, with_contrasts, re
     )
     inputs = [a] + ([b] if with_contrasts else [])
     ref = supcon_loss_reference(a, y, b, yb, **kw)
-    out = cb.supcon.supcon_loss(a, y, b, yb, **kw)
+    out = supcon_loss(a, y, b, yb, backend="cpp", **kw)
     grad = torch.randn_like(ref)
     ref_grads = torch.autograd.grad((ref * grad).sum(), inputs)
     out_grads = torch.autograd.grad((out * grad).sum(), inputs)
@@ -246,8 +248,9 @@ def test_inter_task_attention_ties_share_the_max_gradient(cb):
     w = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     grads = []
-    for fn in (inter_task_attention_reference, cb.inter_task_attention.inter_task_attention):
-        grads.append(torch.autograd.grad(fn(x, g, w, b).sum(), [x, g, w, b]))
+    for backend in ("torch", "cpp"):
+        y = inter_task_attention(x, g, w, b, backend=backend)
+        grads.append(torch.autograd.grad(y.sum(), [x, g, w, b]))
     for o, r in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
 
@@ -260,7 +263,7 @@ def test_dual_threshold_hook_runs_between_the_passes(cb):
         seen.append(histogram.clone())
         return torch.tensor([30, 10])  # as if the other ranks had seen more of class 0
 
-    out = cb.dual_threshold.dual_threshold(logits, eta=0.6, histogram_hook=hook)
+    out = dual_threshold(logits, eta=0.6, histogram_hook=hook, backend="cpp")
     ref = dual_threshold_reference(logits, eta=0.6, histogram_hook=hook)
     assert len(seen) == 2 and torch.equal(seen[0], seen[1])
     assert int(seen[0].sum()) == 60
@@ -281,7 +284,7 @@ def test_results_do_not_depend_on_the_thread_count(cb):
     try:
         for t in (1, max(2, threads)):
             torch.set_num_threads(t)
-            loss = cb.supcon.supcon_loss(a, y, reduction="mean")
+            loss = supcon_loss(a, y, backend="cpp")
             results.append((loss.detach(), torch.autograd.grad(loss, a)[0]))
     finally:
         torch.set_num_threads(threads)

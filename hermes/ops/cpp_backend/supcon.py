@@ -11,7 +11,6 @@ from torch import Tensor
 
 from hermes.ops import dispatch
 from hermes.ops.cpp_backend._common import OPS, compute_dtype, device_reasons
-from hermes.ops.supcon import nonfinite_to_nan
 
 
 @torch.library.register_fake("hermes::supcon_fwd")
@@ -79,23 +78,23 @@ torch.library.register_autograd("hermes::supcon_fwd", _backward, setup_context=_
 def supcon_loss(
     anchors: Tensor,
     labels: Tensor,
-    contrasts: Tensor | None = None,
-    contrast_labels: Tensor | None = None,
+    contrasts: Tensor | None,
+    contrast_labels: Tensor | None,
     *,
-    temperature: float = 0.07,
-    base_temperature: float = 0.07,
-    weights: Tensor | None = None,
-    denominator: str = "all",
-    reduction: str = "mean",
-    self_offset: int | None = None,
+    temperature: float,
+    base_temperature: float,
+    denominator: str,
+    self_offset: int | None,
     fp32_precision: str = "ieee",
-) -> Tensor:
-    """``supcon_loss`` on ``hermes._C`` (same arguments and semantics as the reference).
+) -> tuple[Tensor, Tensor]:
+    """The ``hermes._C`` kernels behind :func:`hermes.ops.supcon_loss`.
 
-    The kernels multiply in IEEE fp32 (fp64 for fp64) whatever ``fp32_precision`` says.
+    The kernels multiply in IEEE fp32 (fp64 for fp64 features) whatever ``fp32_precision`` says;
+    fp16/bf16 features are upcast to fp32 here.
 
-    Shapes: anchors (N, d), labels (N,), contrasts (M, d), contrast_labels (M,), weights (N,).
-    Returns (N,) or a 0-dim fp32 tensor.
+    Shapes: anchors (N, d), labels (N,), contrasts (M, d), contrast_labels (M,).
+    Returns the unweighted per-anchor loss (N,) (0 for an anchor without a positive; fp32, fp64
+    for fp64 features) and the number of positives per anchor (N,) int64.
     """
     dtype = compute_dtype(anchors.dtype)
     a = anchors.to(dtype)
@@ -106,12 +105,7 @@ def supcon_loss(
     loss, _, _, num_pos = OPS.supcon_fwd(
         a, labels, b, yb, temperature, base_temperature, self_offset, denominator == "pos_plus_neg"
     )
-    loss = nonfinite_to_nan(loss.float(), a, b)
-    if weights is not None:
-        loss = loss * weights.float()
-    if reduction == "none":
-        return loss
-    return loss.sum() / (num_pos > 0).sum().clamp(min=1)
+    return loss, num_pos
 
 
 def not_supported_reasons(device_type: str) -> Callable[..., list[str]]:
