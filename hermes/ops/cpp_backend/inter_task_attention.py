@@ -10,7 +10,6 @@ import torch
 from torch import Tensor
 
 from hermes.ops.cpp_backend._common import OPS, compute_dtype, device_reasons
-from hermes.ops.inter_task_attention import inter_task_attention_reference
 
 
 @torch.library.register_fake("hermes::inter_task_attention_fwd")
@@ -52,12 +51,10 @@ def inter_task_attention(
 ) -> Tensor:
     """The ``hermes._C`` kernels behind :func:`hermes.ops.inter_task_attention`.
 
-    Shapes: cls_feature (B, C, H, W), gate (B, C), spatial_weight (1, 2, k, k),
+    Shapes: cls_feature (B, C, H, W) non-empty, gate (B, C), spatial_weight (1, 2, k, k),
     spatial_bias (1,). Returns (B, C, H, W) in the feature's dtype (fp16/bf16 computed in fp32
     on the CPU).
     """
-    if cls_feature.numel() == 0:  # the kernels' channel mean would be 0/0 for C = 0
-        return inter_task_attention_reference(cls_feature, gate, spatial_weight, spatial_bias)
     dtype = cls_feature.dtype
     compute = dtype if cls_feature.is_cuda else compute_dtype(dtype)
     y, _, _ = OPS.inter_task_attention_fwd(
