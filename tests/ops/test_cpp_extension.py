@@ -144,7 +144,7 @@ def test_supcon_checks_inputs(cb):
         op(a, y, a, y[:3], 0.1, 0.1, 0, False)
 
 
-def test_dual_threshold_and_ita_check_inputs(cb):
+def test_dual_threshold_and_inter_task_attention_check_inputs(cb):
     with pytest.raises(RuntimeError, match="must have 3 dimensions"):
         torch.ops.hermes.dual_threshold_pass1(torch.randn(2, 3), torch.empty(0, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="valid must be bool of shape"):
