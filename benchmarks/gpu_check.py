@@ -414,7 +414,7 @@ def make_call(case: dict[str, Any], backend: str) -> tuple[Callable[[], Any], di
         dict(cls_feature=feature, gate=gate, spatial_weight=weight, spatial_bias=bias),
     )
 
-    def ias_fn() -> Any:
+    def inter_task_attention_fn() -> Any:
         out = inter_task_attention(*leaves, backend=backend)
         if grad:
             for t in leaves:
@@ -423,7 +423,7 @@ def make_call(case: dict[str, Any], backend: str) -> tuple[Callable[[], Any], di
         return out
 
     moved = case["suite"].MAPS_MOVED[case["mode"]] * feature.numel() * feature.element_size()
-    return ias_fn, {"bytes": float(moved)}
+    return inter_task_attention_fn, {"bytes": float(moved)}
 
 
 def bench_step(report: Report, peaks: dict[str, Any], budget_s: float) -> None:

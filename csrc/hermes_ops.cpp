@@ -1,6 +1,6 @@
 // The one extension hermes._C: operator schemas of the `hermes` namespace (implementations are
 // registered per dispatch key next to their kernels, in csrc/<op>/). Autograd and fake
-// (meta) implementations are registered from Python, in hermes/ops/cpp_backend.py.
+// (meta) implementations are registered from Python, in hermes/ops/cpp_backend/ (one module per op).
 #include <Python.h>
 #include <torch/library.h>
 

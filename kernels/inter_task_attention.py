@@ -4,13 +4,13 @@ With ``c = g[:, :, None, None] * x`` (never stored), ``P = [max_C c, mean_C c]``
 ``z = conv2d(P, w, bias, padding=K // 2)``, ``a = sigmoid(z)`` and ``y = a * c``:
 
 Forward, two kernels, each one read of the feature map ``x``:
-    ``ias_pool_kernel``  (gate apply + channel pooling): P, and the number of channels that
+    ``inter_task_attention_pool_kernel``  (gate apply + channel pooling): P, and the number of channels that
                          attain the max (the max's gradient is shared among ties, as in torch).
-    ``ias_apply_kernel`` (spatial gate + product): ``a`` from the K x K conv of P, then ``y``.
+    ``inter_task_attention_apply_kernel`` (spatial gate + product): ``a`` from the K x K conv of P, then ``y``.
 Backward, two kernels, each one read of ``x`` and ``dy``:
-    ``ias_bwd_gate_kernel``: ``dz = sum_C(dy * c) * a (1 - a)``, and per block the partial
+    ``inter_task_attention_bwd_gate_kernel``: ``dz = sum_C(dy * c) * a (1 - a)``, and per block the partial
                              sums of ``dw`` and ``dbias`` (reduced by the caller: no atomics).
-    ``ias_bwd_feature_kernel``: ``dP`` by the transposed conv of ``dz``, then
+    ``inter_task_attention_bwd_feature_kernel``: ``dP`` by the transposed conv of ``dz``, then
                              ``dc = a dy + [c = max] dP_max / n_max + dP_mean / C``,
                              ``dx = g dc`` and per block the partial sums of ``dg = sum_HW x dc``.
 All arithmetic is fp32; ``x``/``dy`` may be fp16, bf16 or fp32. Grid: (cdiv(H W, BLOCK_P), B): pixel
@@ -26,7 +26,7 @@ MAX_KERNEL_SIZE = 7
 
 
 @triton.jit
-def ias_pool_kernel(
+def inter_task_attention_pool_kernel(
     x_ptr,
     g_ptr,
     pooled_ptr,
@@ -106,7 +106,7 @@ def _conv_at(
 
 
 @triton.jit
-def ias_apply_kernel(
+def inter_task_attention_apply_kernel(
     x_ptr,
     g_ptr,
     w_ptr,
@@ -141,7 +141,7 @@ def ias_apply_kernel(
 
 
 @triton.jit
-def ias_bwd_gate_kernel(
+def inter_task_attention_bwd_gate_kernel(
     dy_ptr,
     x_ptr,
     g_ptr,
@@ -193,7 +193,7 @@ def ias_bwd_gate_kernel(
 
 
 @triton.jit
-def ias_bwd_feature_kernel(
+def inter_task_attention_bwd_feature_kernel(
     dy_ptr,
     x_ptr,
     g_ptr,

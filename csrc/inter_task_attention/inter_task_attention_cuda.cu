@@ -224,7 +224,7 @@ Dims check(const char* fn, const at::Tensor& x, const at::Tensor& gate, const at
   return {x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) * x.size(3), k, k / 2};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> ita_fwd_cuda(const at::Tensor& x,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> inter_task_attention_fwd_cuda(const at::Tensor& x,
                                                             const at::Tensor& gate,
                                                             const at::Tensor& weight,
                                                             const at::Tensor& bias) {
@@ -241,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ita_fwd_cuda(const at::Tensor& x,
   const int64_t n = s.b * s.hw;
   if (n == 0 || s.c == 0) return {y, pooled, attn};
   const auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "ita_fwd_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "inter_task_attention_fwd_cuda", [&] {
     pool_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
         xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(), s, pooled.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -254,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ita_fwd_cuda(const at::Tensor& x,
   return {y, pooled, attn};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ita_bwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inter_task_attention_bwd_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gate,
     const at::Tensor& weight, const at::Tensor& pooled, const at::Tensor& attention) {
   const Dims s = check("inter_task_attention_bwd", x, gate, weight);
@@ -284,7 +284,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ita_bwd_cuda(
                     static_cast<unsigned>(s.b < 65535 ? s.b : 65535));
     at::Tensor gpart = at::empty({s.b, pixel_blocks, s.c}, f32);
     at::Tensor wpart = at::empty({s.b * pixel_blocks, 2 * s.k * s.k + 1}, f32);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "ita_bwd_cuda",
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xc.scalar_type(), "inter_task_attention_bwd_cuda",
                                     [&] {
       dz_kernel<scalar_t><<<blocks_for(n, kThreads), kThreads, 0, stream>>>(
           dy.data_ptr<scalar_t>(), xc.data_ptr<scalar_t>(), gc.data_ptr<scalar_t>(),
@@ -313,8 +313,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ita_bwd_cuda(
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(hermes, CUDA, m) {
-  m.impl("inter_task_attention_fwd", &cuda::ita_fwd_cuda);
-  m.impl("inter_task_attention_bwd", &cuda::ita_bwd_cuda);
+  m.impl("inter_task_attention_fwd", &cuda::inter_task_attention_fwd_cuda);
+  m.impl("inter_task_attention_bwd", &cuda::inter_task_attention_bwd_cuda);
 }
 
 }  // namespace hermes

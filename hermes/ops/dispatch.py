@@ -63,9 +63,11 @@ def _no_reasons(**_: Any) -> list[str]:
 class Implementation:
     """One backend's implementation of one op.
 
-    ``fn`` takes the op's normalised keyword arguments. ``not_supported_reasons`` takes the same
-    and returns why this implementation cannot compute them at all; ``auto_reasons`` returns why
-    it should not be *chosen automatically* for them (it may still be forced).
+    ``fn`` takes the op's normalised keyword arguments and returns its kernels' outputs only
+    (the public op checks the inputs and applies weights, reductions and statistics, alike for
+    every backend). ``not_supported_reasons`` takes the same and returns why this
+    implementation cannot compute them at all; ``auto_reasons`` returns why it should not be
+    *chosen automatically* for them (it may still be forced).
     """
 
     op: str

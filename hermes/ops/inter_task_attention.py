@@ -4,8 +4,9 @@
 and mean, spatial 3x3 conv, sigmoid, product), which the fused backends run in two kernels;
 :class:`InterTaskAttention` is the module with the learnable parts around it.
 
-Every backend accepts empty inputs (B, C, H or W = 0) and returns an empty (B, C, H, W) output;
-the gradients of the spatial weight and bias are then zero.
+Empty inputs (B, C, H or W = 0) give an empty (B, C, H, W) output whatever the backend (the
+public op answers them with the reference); the gradients of the spatial weight and bias are
+then zero. The public op checks the inputs; a backend only computes ``y`` from non-empty ones.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def inter_task_attention(
         cls_feature=cls_feature, gate=gate, spatial_weight=spatial_weight, spatial_bias=spatial_bias
     )
     impl = dispatch.select("inter_task_attention", backend, cls_feature.device, inputs)
+    if cls_feature.numel() == 0:  # nothing to compute: the reference's empty output and graph
+        return inter_task_attention_reference(**inputs)
     return impl.fn(**inputs)
 
 

@@ -3,6 +3,10 @@
 The PyTorch reference here is the specification every fused backend is tested against. It
 materialises the N x M similarity matrix; the fused backends do not.
 
+Every backend (the ``torch`` one is :func:`per_anchor_reference`) returns only the unweighted
+per-anchor losses and positive counts; :func:`supcon_loss` checks the inputs and applies the
+non-finite rule, the weights and the reduction (:func:`reduce_loss`) once for all of them.
+
 Non-finite features (NaN, +Inf or -Inf), in every backend: anchor ``i``'s loss is NaN when its
 own features or those of any contrast (the anchors themselves without ``contrasts``) hold a
 non-finite value, whether or not it has a positive; every other anchor's loss is unaffected.
@@ -60,39 +64,28 @@ def nonfinite_to_nan(loss: Tensor, anchors: Tensor, contrasts: Tensor | None) ->
     return torch.where(bad, torch.full_like(loss, float("nan")), loss)
 
 
-def supcon_loss_reference(
+def per_anchor_reference(
     anchors: Tensor,
     labels: Tensor,
-    contrasts: Tensor | None = None,
-    contrast_labels: Tensor | None = None,
+    contrasts: Tensor | None,
+    contrast_labels: Tensor | None,
     *,
-    temperature: float = 0.07,
-    base_temperature: float = 0.07,
-    weights: Tensor | None = None,
-    denominator: str = "all",
-    reduction: str = "mean",
-    self_offset: int | None = None,
+    temperature: float,
+    base_temperature: float,
+    denominator: str,
+    self_offset: int | None,
     fp32_precision: str = "ieee",
-) -> Tensor:
-    """Reference SupCon loss, computed with the full similarity matrix in fp32 (in fp64 for
-    fp64 features, a reference for the fp32 kernels at scale); the result is fp32.
+) -> tuple[Tensor, Tensor]:
+    """The ``torch`` backend: unweighted per-anchor losses with the full similarity matrix.
 
+    Computed in fp32 (in fp64 for fp64 features, a reference for the fp32 kernels at scale).
     ``fp32_precision`` is accepted for the common signature of the backends and not used: the
     reference multiplies with ``torch.matmul`` in fp32 (on a GPU, as PyTorch's own fp32 matmul
     precision setting says; IEEE by default).
 
-    Shapes:
-        anchors: (N, d), labels: (N,), contrasts: (M, d), contrast_labels: (M,),
-        weights: (N,). Returns (N,) for ``reduction="none"``, else a 0-dim tensor (fp32).
-
-    Semantics (``s_ij = a_i . b_j / temperature``; ``P(i)``: contrasts of anchor i's label
-    other than its own self; self is contrast ``self_offset + i``):
-        ``all``:          log_prob(i, p) = s_ip - log sum_{j != self} exp(s_ij)
-        ``pos_plus_neg``: log_prob(i, p) = s_ip - log(exp(s_ip) + sum_{n: y_n != y_i} exp(s_in))
-        l_i = -(temperature / base_temperature) * mean_{p in P(i)} log_prob(i, p), and 0 when
-        P(i) is empty. ``none`` returns ``l_i * w_i``; ``mean`` returns
-        ``sum_i w_i l_i / #{i : P(i) non-empty}`` (0 when no anchor has a positive).
-        l_i is NaN when a_i or any contrast has a non-finite value (:func:`nonfinite_to_nan`).
+    Shapes: anchors (N, d), labels (N,), contrasts (M, d), contrast_labels (M,).
+    Returns ``l_i`` (N,) (0 when anchor i has no positive) and ``|P(i)|`` (N,) int64; the
+    semantics are :func:`supcon_loss_reference`'s.
     """
     compute = torch.float64 if anchors.dtype == torch.float64 else torch.float32
     a = anchors.to(compute)
@@ -121,19 +114,80 @@ def supcon_loss_reference(
         log_prob = logits - torch.logaddexp(logits, neg_lse[:, None])
 
     n_pos = pos.sum(dim=1)
-    has_pos = n_pos > 0
     sum_log_prob_pos = torch.where(pos, log_prob, torch.zeros_like(log_prob)).sum(dim=1)
     loss = -(temperature / base_temperature) * sum_log_prob_pos / n_pos.clamp(min=1)
-    loss = torch.where(has_pos, loss, torch.zeros_like(loss))
-    loss = nonfinite_to_nan(loss, a, None if contrasts is None else b)
+    return torch.where(n_pos > 0, loss, torch.zeros_like(loss)), n_pos
+
+
+def reduce_loss(
+    loss: Tensor,
+    num_pos: Tensor,
+    anchors: Tensor,
+    contrasts: Tensor | None,
+    weights: Tensor | None,
+    reduction: str,
+) -> Tensor:
+    """What the public op does with every backend's outputs: the non-finite rule, the weights
+    and the reduction (differentiable in ``loss`` and ``weights``).
+
+    Shapes: loss (N,) per-anchor losses, num_pos (N,) positives per anchor, anchors (N, d),
+    contrasts (M, d) or ``None``, weights (N,) or ``None``. Returns (N,) fp32 for ``"none"``,
+    else a 0-dim fp32 tensor.
+    """
+    loss = nonfinite_to_nan(loss, anchors, contrasts)
     if weights is not None:
-        loss = loss * weights.to(compute)
+        loss = loss * weights.to(loss.dtype)
     if reduction == "none":
         return loss.float()
-    return (loss.sum() / has_pos.sum().clamp(min=1)).float()
+    return (loss.sum() / (num_pos > 0).sum().clamp(min=1)).float()
 
 
-dispatch.register("supcon_loss", "torch", supcon_loss_reference)
+def supcon_loss_reference(
+    anchors: Tensor,
+    labels: Tensor,
+    contrasts: Tensor | None = None,
+    contrast_labels: Tensor | None = None,
+    *,
+    temperature: float = 0.07,
+    base_temperature: float = 0.07,
+    weights: Tensor | None = None,
+    denominator: str = "all",
+    reduction: str = "mean",
+    self_offset: int | None = None,
+    fp32_precision: str = "ieee",
+) -> Tensor:
+    """Reference SupCon loss, computed with the full similarity matrix in fp32 (in fp64 for
+    fp64 features, a reference for the fp32 kernels at scale); the result is fp32.
+
+    ``fp32_precision`` is accepted for the common signature of the backends and not used.
+
+    Shapes:
+        anchors: (N, d), labels: (N,), contrasts: (M, d), contrast_labels: (M,),
+        weights: (N,). Returns (N,) for ``reduction="none"``, else a 0-dim tensor (fp32).
+
+    Semantics (``s_ij = a_i . b_j / temperature``; ``P(i)``: contrasts of anchor i's label
+    other than its own self; self is contrast ``self_offset + i``):
+        ``all``:          log_prob(i, p) = s_ip - log sum_{j != self} exp(s_ij)
+        ``pos_plus_neg``: log_prob(i, p) = s_ip - log(exp(s_ip) + sum_{n: y_n != y_i} exp(s_in))
+        l_i = -(temperature / base_temperature) * mean_{p in P(i)} log_prob(i, p), and 0 when
+        P(i) is empty. ``none`` returns ``l_i * w_i``; ``mean`` returns
+        ``sum_i w_i l_i / #{i : P(i) non-empty}`` (0 when no anchor has a positive).
+        l_i is NaN when a_i or any contrast has a non-finite value (:func:`nonfinite_to_nan`).
+    """
+    loss, num_pos = per_anchor_reference(
+        anchors,
+        labels,
+        contrasts,
+        contrast_labels,
+        temperature=temperature,
+        base_temperature=base_temperature,
+        denominator=denominator,
+        self_offset=self_offset,
+    )
+    return reduce_loss(loss, num_pos, anchors, contrasts, weights, reduction)
+
+
+dispatch.register("supcon_loss", "torch", per_anchor_reference)
 
 
 def _check(
@@ -255,6 +309,7 @@ def supcon_loss(
         self_offset,
         fp32_precision,
     )
+    # What every backend takes; they return the unweighted per-anchor losses and positive counts.
     inputs = dict(
         anchors=anchors,
         labels=labels.long(),
@@ -262,14 +317,13 @@ def supcon_loss(
         contrast_labels=None if contrast_labels is None else contrast_labels.long(),
         temperature=float(temperature),
         base_temperature=float(base_temperature),
-        weights=weights,
         denominator=denominator,
-        reduction=reduction,
         self_offset=self_offset,
         fp32_precision=fp32_precision,
     )
     impl = dispatch.select("supcon_loss", backend, anchors.device, inputs)
-    return impl.fn(**inputs)
+    loss, num_pos = impl.fn(**inputs)
+    return reduce_loss(loss, num_pos, anchors, contrasts, weights, reduction)
 
 
 class SupConLoss(nn.Module):

@@ -277,7 +277,7 @@ def test_dual_threshold_at_scale(backend, shape, dtype):
 IAS_DEPTHS = [(64, 112), (256, 56), (512, 28), (1024, 14)]
 
 
-def _ias_inputs(c: int, side: int, batch: int = 8, seed: int = 3):
+def _inter_task_attention_inputs(c: int, side: int, batch: int = 8, seed: int = 3):
     g = torch.Generator(device="cuda").manual_seed(seed)
     x = torch.randn(batch, c, side, side, device="cuda", dtype=torch.float64, generator=g)
     gate = torch.rand(batch, c, device="cuda", dtype=torch.float64, generator=g)
@@ -287,7 +287,7 @@ def _ias_inputs(c: int, side: int, batch: int = 8, seed: int = 3):
     return (x, gate, w, bias), grad
 
 
-def _ias_run(fn, inputs, grad, dtype, channels_last=False):
+def _inter_task_attention_run(fn, inputs, grad, dtype, channels_last=False):
     """Output and the gradients of ``sum(y * grad)`` for the four inputs (the feature and the
     gate in ``dtype``, the conv parameters in fp32, or all fp64)."""
     pdt = torch.float64 if dtype == torch.float64 else torch.float32
@@ -305,10 +305,10 @@ def _ias_run(fn, inputs, grad, dtype, channels_last=False):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("depth", IAS_DEPTHS, ids=lambda c: f"C{c[0]}_{c[1]}px")
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
-def test_ias_at_the_four_depths(backend, depth, dtype):
+def test_inter_task_attention_at_the_four_depths(backend, depth, dtype):
     """Output and the four gradients against the fp64 reference with a channels-last feature;
     twice, bit for bit (both GPU backends reduce without atomics); no host synchronisation."""
-    inputs, grad = _ias_inputs(*depth)
+    inputs, grad = _inter_task_attention_inputs(*depth)
     names = ("cls_feature", "gate", "spatial_weight", "spatial_bias")
     _require(
         "inter_task_attention",
@@ -319,11 +319,11 @@ def test_ias_at_the_four_depths(backend, depth, dtype):
     def fn(*t):
         return inter_task_attention(*t, backend=backend)
 
-    first = _ias_run(fn, inputs, grad, dtype, channels_last=True)  # compile, load
+    first = _inter_task_attention_run(fn, inputs, grad, dtype, channels_last=True)  # compile, load
     with _no_host_sync():
-        got = _ias_run(fn, inputs, grad, dtype, channels_last=True)
-    want64 = _ias_run(inter_task_attention_reference, inputs, grad, torch.float64)
-    want_dt = _ias_run(inter_task_attention_reference, inputs, grad, dtype)
+        got = _inter_task_attention_run(fn, inputs, grad, dtype, channels_last=True)
+    want64 = _inter_task_attention_run(inter_task_attention_reference, inputs, grad, torch.float64)
+    want_dt = _inter_task_attention_run(inter_task_attention_reference, inputs, grad, dtype)
     path = "fp32-ieee" if dtype == torch.float32 else "half"
     _assert_close(got[0], want64[0], want_dt[0], "forward", path, "y")
     for x, z, z_dt, what in zip(got[1], want64[1], want_dt[1], names, strict=True):

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 
 from hermes.ops import (
     dispatch,
+    dual_threshold,
     dual_threshold_reference,
-    inter_task_attention_reference,
+    inter_task_attention,
+    supcon_loss,
     supcon_loss_reference,
 )
 from hermes.ops.dual_threshold import class_thresholds
@@ -84,7 +86,7 @@ def test_cuda_kernels_registered_when_built_with_cuda(cb):
     # With a GPU, `pip install -e .` builds the CUDA part too; without one it is a compile check.
     if torch.cuda.is_available() and torch.version.cuda is not None:
         assert cb.has_kernel("supcon_fwd", "cuda")
-    reasons = cb._supcon_reasons("cuda")(anchors=torch.zeros(2, 3))
+    reasons = cb.supcon.not_supported_reasons("cuda")(anchors=torch.zeros(2, 3))
     assert reasons and "cuda" in reasons[0]
 
 
@@ -142,7 +144,7 @@ def test_supcon_checks_inputs(cb):
         op(a, y, a, y[:3], 0.1, 0.1, 0, False)
 
 
-def test_dual_threshold_and_ita_check_inputs(cb):
+def test_dual_threshold_and_inter_task_attention_check_inputs(cb):
     with pytest.raises(RuntimeError, match="must have 3 dimensions"):
         torch.ops.hermes.dual_threshold_pass1(torch.randn(2, 3), torch.empty(0, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="valid must be bool of shape"):
@@ -181,7 +183,7 @@ def _compare_supcon(cb, n, m, d, k, denominator, self_offset, with_contrasts, re
     )
     inputs = [a] + ([b] if with_contrasts else [])
     ref = supcon_loss_reference(a, y, b, yb, **kw)
-    out = cb.supcon_loss_cpp(a, y, b, yb, **kw)
+    out = supcon_loss(a, y, b, yb, backend="cpp", **kw)
     grad = torch.randn_like(ref)
     ref_grads = torch.autograd.grad((ref * grad).sum(), inputs)
     out_grads = torch.autograd.grad((out * grad).sum(), inputs)
@@ -246,8 +248,9 @@ def test_inter_task_attention_ties_share_the_max_gradient(cb):
     w = torch.randn(1, 2, 3, 3, generator=torch.Generator().manual_seed(0), requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
     grads = []
-    for fn in (inter_task_attention_reference, cb.inter_task_attention_cpp):
-        grads.append(torch.autograd.grad(fn(x, g, w, b).sum(), [x, g, w, b]))
+    for backend in ("torch", "cpp"):
+        y = inter_task_attention(x, g, w, b, backend=backend)
+        grads.append(torch.autograd.grad(y.sum(), [x, g, w, b]))
     for o, r in zip(grads[1], grads[0], strict=True):
         torch.testing.assert_close(o, r, atol=1e-5, rtol=1e-5)
 
@@ -260,7 +263,7 @@ def test_dual_threshold_hook_runs_between_the_passes(cb):
         seen.append(histogram.clone())
         return torch.tensor([30, 10])  # as if the other ranks had seen more of class 0
 
-    out = cb.dual_threshold_cpp(logits, eta=0.6, histogram_hook=hook)
+    out = dual_threshold(logits, eta=0.6, histogram_hook=hook, backend="cpp")
     ref = dual_threshold_reference(logits, eta=0.6, histogram_hook=hook)
     assert len(seen) == 2 and torch.equal(seen[0], seen[1])
     assert int(seen[0].sum()) == 60
@@ -281,7 +284,7 @@ def test_results_do_not_depend_on_the_thread_count(cb):
     try:
         for t in (1, max(2, threads)):
             torch.set_num_threads(t)
-            loss = cb.supcon_loss_cpp(a, y, reduction="mean")
+            loss = supcon_loss(a, y, backend="cpp")
             results.append((loss.detach(), torch.autograd.grad(loss, a)[0]))
     finally:
         torch.set_num_threads(threads)
@@ -328,7 +331,7 @@ def test_automatic_choice_on_cpu_follows_the_measured_rule(cb, monkeypatch):
         inputs = dict(anchors=a, labels=y, contrasts=None, contrast_labels=None)
         return dispatch.select("supcon_loss", None, a.device, inputs).backend
 
-    small = int(cb._SUPCON_CPU_MIN_PAIRS**0.5) - 1
+    small = int(cb.supcon.CPU_MIN_PAIRS**0.5) - 1
     assert chosen(small) == "torch"
     assert chosen(small + 2) == "cpp"
     # forcing still works below the threshold

@@ -115,7 +115,7 @@ def test_triton_custom_ops_trace_under_compile(require_backend):
     inputs = [t.to(device).requires_grad_() for t in inputs]
     require_backend("inter_task_attention", "triton", dict(zip(NAMES, inputs, strict=True)))
     dispatch.load_backends()
-    torch.library.opcheck(torch.ops.hermes.triton_ias_fwd.default, tuple(inputs))
+    torch.library.opcheck(torch.ops.hermes.triton_inter_task_attention_fwd.default, tuple(inputs))
 
     def run(*t):
         return inter_task_attention(*t, backend="triton")

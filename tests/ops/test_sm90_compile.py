@@ -169,7 +169,7 @@ def dual_threshold_specs(dtypes: tuple[str, ...], pass2: bool = True) -> list[di
 IAS_DEPTHS = [(64, 112 * 112), (256, 56 * 56), (512, 28 * 28), (1024, 14 * 14)]
 
 
-def ias_specs(dtypes: tuple[str, ...]) -> list[dict[str, Any]]:
+def inter_task_attention_specs(dtypes: tuple[str, ...]) -> list[dict[str, Any]]:
     configs = {IAS.block_sizes(c, hw) for c, hw in IAS_DEPTHS}
     specs = []
     for block_c, block_p in sorted(configs):
@@ -194,10 +194,10 @@ def ias_specs(dtypes: tuple[str, ...]) -> list[dict[str, Any]]:
                 "HW": "i32",
             }
             for kernel in (
-                IAS.ias_pool_kernel,
-                IAS.ias_apply_kernel,
-                IAS.ias_bwd_gate_kernel,
-                IAS.ias_bwd_feature_kernel,
+                IAS.inter_task_attention_pool_kernel,
+                IAS.inter_task_attention_apply_kernel,
+                IAS.inter_task_attention_bwd_gate_kernel,
+                IAS.inter_task_attention_bwd_feature_kernel,
             ):
                 const = {
                     k: v
@@ -206,7 +206,7 @@ def ias_specs(dtypes: tuple[str, ...]) -> list[dict[str, Any]]:
                 }
                 specs.append(
                     dict(
-                        id=f"ias-{kernel.__name__.removeprefix('ias_').removesuffix('_kernel')}"
+                        id=f"ias-{kernel.__name__.removeprefix('inter_task_attention_').removesuffix('_kernel')}"
                         f"-{dtype}-C{block_c}-P{block_p}",
                         module="hermes.kernels.inter_task_attention",
                         kernel=kernel.__name__,
@@ -222,14 +222,14 @@ def ias_specs(dtypes: tuple[str, ...]) -> list[dict[str, Any]]:
 DEFAULT_SPECS = (
     supcon_specs(METHOD_PATHS, METHOD_SUPCON)
     + dual_threshold_specs(METHOD_DTYPES)
-    + ias_specs(METHOD_DTYPES)
+    + inter_task_attention_specs(METHOD_DTYPES)
 )
 _DEFAULT_IDS = {s["id"] for s in DEFAULT_SPECS}
 ALL_SPECS = [
     s
     for s in supcon_specs(SUPCON_PATHS, ALL_SUPCON)
     + dual_threshold_specs(ALL_DTYPES, pass2=False)
-    + ias_specs(ALL_DTYPES)
+    + inter_task_attention_specs(ALL_DTYPES)
     if s["id"] not in _DEFAULT_IDS
 ]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hermes.ops import SupConLoss, supcon_loss, supcon_loss_reference
+from hermes.ops import SupConLoss, dispatch, supcon_loss, supcon_loss_reference
 from hermes.ops.supcon import FP32_PRECISIONS
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -199,7 +199,8 @@ def test_supcon_module(fast_backend, require_backend, check, contrast_mode):
 
 def test_triton_custom_ops_trace_under_compile(require_backend):
     """The Triton path is custom ops with fake impls and autograd: opcheck passes and
-    ``torch.compile(fullgraph=True)`` traces forward and backward without graph breaks.
+    ``torch.compile(fullgraph=True)`` traces the public op on it (weights and reduction
+    included), forward and backward, without graph breaks.
 
     On the CPU the compiled graph uses the ``aot_eager`` backend (the kernels themselves run in
     Triton's interpreter either way); on a GPU, Inductor.
@@ -211,24 +212,22 @@ def test_triton_custom_ops_trace_under_compile(require_backend):
     y, yb = torch.randint(0, 2, (10,), generator=g), torch.randint(0, 2, (7,), generator=g)
     y, yb = y.to(device), yb.to(device)
     require_backend("supcon_loss", "triton", _dispatch_inputs(a, y, b, yb, None))
-    from hermes.ops.triton_backend import supcon as triton_supcon
+    dispatch.load_backends()  # Dynamo does not trace the dispatcher's lazy import
 
     torch.library.opcheck(
         torch.ops.hermes.triton_supcon_fwd.default,
         (a.requires_grad_(), y, b.requires_grad_(), yb, 0.1, 0.07, 2, True, False, "ieee"),
     )
     fn = torch.compile(
-        lambda a, b: triton_supcon.supcon_loss(
+        lambda a, b: supcon_loss(
             a,
             y,
             b,
             yb,
             temperature=0.1,
-            base_temperature=0.07,
-            weights=None,
             denominator="pos_plus_neg",
-            reduction="mean",
             self_offset=2,
+            backend="triton",
         ),
         fullgraph=True,
         backend="inductor" if device.type == "cuda" else "aot_eager",

@@ -1,24 +1,18 @@
 """``dual_threshold`` on Triton: custom ops ``hermes::triton_dual_threshold_pass1`` / ``_pass2``.
 
-The ``histogram_hook`` (e.g. an all-reduce) and the class thresholds run between the two ops,
-on the device: nothing here synchronises with the host.
+The class thresholds (after the public op's ``histogram_hook``, e.g. an all-reduce) are computed
+between the two ops, on the device: nothing here synchronises with the host.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from hermes.kernels import dual_threshold as K
-from hermes.ops.dual_threshold import (
-    ENTROPY_EPS,
-    DualThresholdOutput,
-    DualThresholdStats,
-    class_thresholds,
-)
+from hermes.ops.dual_threshold import ENTROPY_EPS, DualThresholdKernelOutput
 from hermes.ops.triton_backend._common import device_reasons, dtype_reasons, launch_device
 
 
@@ -124,45 +118,22 @@ def _(labels, confidence, entropy, valid, thresholds, eta):
 def dual_threshold(
     logits: Tensor,
     *,
-    eta: float | Tensor,
-    tau_max: float,
-    tau_min: float,
     valid: Tensor | None,
-    histogram_hook: Callable[[Tensor], Tensor] | None,
-) -> DualThresholdOutput:
-    """The Triton implementation behind :func:`hermes.ops.dual_threshold` (same arguments)."""
-    b, c = logits.shape[:2]
-    spatial = tuple(logits.shape[2:])
-    p = math.prod(spatial)  # explicit: reshape cannot infer -1 for 0 elements
-    x = logits.detach().reshape(b, c, p).contiguous()
-    v = None if valid is None else valid.reshape(b, p).contiguous()
+    eta: Tensor,
+    thresholds: Callable[[Tensor], Tensor],
+) -> DualThresholdKernelOutput:
+    """The Triton passes behind :func:`hermes.ops.dual_threshold`.
+
+    Shapes: logits (B, C, P) detached, valid (B, P) bool or ``None``, eta 0-dim fp32 on the
+    logits' device; ``thresholds`` maps this call's (C,) histogram to the (C,) class thresholds
+    between the two passes. Returns the kernels' outputs (see :class:`DualThresholdKernelOutput`).
+    """
+    x = logits.contiguous()
+    v = None if valid is None else valid.contiguous()
     labels, conf, ent, hist = pass1(x, v)
-    global_hist = hist if histogram_hook is None else histogram_hook(hist.clone())
-    thresholds = class_thresholds(global_hist, tau_max, tau_min)
-    if isinstance(eta, Tensor):
-        eta_t = eta.detach().to(device=logits.device, dtype=torch.float32).reshape(1)
-    else:
-        eta_t = torch.full((1,), float(eta), dtype=torch.float32, device=logits.device)
-    reliable, kept, sums = pass2(labels, conf, ent, v, thresholds.contiguous(), eta_t)
-    total = hist.float().clamp(min=1)
-    count = hist.sum().clamp(min=1).float()
-    stats = DualThresholdStats(
-        histogram=hist,
-        kept_confident=kept[0].float() / total,
-        kept_certain=kept[1].float() / total,
-        kept_reliable=kept[2].float() / total,
-        mean_confidence=sums[0] / count,
-        mean_entropy=sums[1] / count,
-    )
-    shape = (b, *spatial)
-    return DualThresholdOutput(
-        labels.reshape(shape),
-        conf.reshape(shape),
-        ent.reshape(shape),
-        reliable.reshape(shape),
-        thresholds,
-        stats,
-    )
+    tau = thresholds(hist).contiguous()
+    reliable, kept, sums = pass2(labels, conf, ent, v, tau, eta.reshape(1))
+    return DualThresholdKernelOutput(labels, conf, ent, reliable, tau, hist, kept, sums)
 
 
 def not_supported_reasons(logits: Tensor, valid: Tensor | None = None, **_) -> list[str]:

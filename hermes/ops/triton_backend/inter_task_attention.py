@@ -1,4 +1,4 @@
-"""``inter_task_attention`` on Triton: custom ops ``hermes::triton_ias_fwd`` / ``_bwd``, autograd."""
+"""``inter_task_attention`` on Triton: custom ops ``hermes::triton_inter_task_attention_fwd`` / ``_bwd``, autograd."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-@torch.library.custom_op("hermes::triton_ias_fwd", mutates_args=())
-def ias_fwd(
+@torch.library.custom_op("hermes::triton_inter_task_attention_fwd", mutates_args=())
+def inter_task_attention_fwd(
     cls_feature: Tensor, gate: Tensor, spatial_weight: Tensor, spatial_bias: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Shapes: cls_feature (B, C, H, W), gate (B, C), spatial_weight (1, 2, K, K), spatial_bias
@@ -36,7 +36,7 @@ def ias_fwd(
         block_c, block_p = K.block_sizes(c, h * w)
         grid = (_cdiv(h * w, block_p), b)  # pixel blocks on axis 0 (axis 1 stops at 65535)
         with launch_device(cls_feature):
-            K.ias_pool_kernel[grid](
+            K.inter_task_attention_pool_kernel[grid](
                 cls_feature,
                 gate,
                 pooled,
@@ -48,7 +48,7 @@ def ias_fwd(
                 num_warps=K.NUM_WARPS,
             )
         with launch_device(cls_feature):
-            K.ias_apply_kernel[grid](
+            K.inter_task_attention_apply_kernel[grid](
                 cls_feature,
                 gate,
                 spatial_weight,
@@ -67,7 +67,7 @@ def ias_fwd(
     return y, pooled, cnt, a
 
 
-@ias_fwd.register_fake
+@inter_task_attention_fwd.register_fake
 def _(cls_feature, gate, spatial_weight, spatial_bias):
     b, _, h, w = cls_feature.shape
     f32 = dict(dtype=torch.float32)
@@ -79,8 +79,8 @@ def _(cls_feature, gate, spatial_weight, spatial_bias):
     )
 
 
-@torch.library.custom_op("hermes::triton_ias_bwd", mutates_args=())
-def ias_bwd(
+@torch.library.custom_op("hermes::triton_inter_task_attention_bwd", mutates_args=())
+def inter_task_attention_bwd(
     grad_y: Tensor,
     cls_feature: Tensor,
     gate: Tensor,
@@ -102,7 +102,7 @@ def ias_bwd(
     if dx.numel() > 0:
         grid = (n_blocks, b)  # pixel blocks on axis 0 (axis 1 stops at 65535)
         with launch_device(grad_y):
-            K.ias_bwd_gate_kernel[grid](
+            K.inter_task_attention_bwd_gate_kernel[grid](
                 grad_y,
                 cls_feature,
                 gate,
@@ -119,7 +119,7 @@ def ias_bwd(
                 num_warps=K.NUM_WARPS,
             )
         with launch_device(grad_y):
-            K.ias_bwd_feature_kernel[grid](
+            K.inter_task_attention_bwd_feature_kernel[grid](
                 grad_y,
                 cls_feature,
                 gate,
@@ -147,7 +147,7 @@ def ias_bwd(
     )
 
 
-@ias_bwd.register_fake
+@inter_task_attention_bwd.register_fake
 def _(grad_y, cls_feature, gate, spatial_weight, pooled, cnt, a):
     return (
         torch.empty_like(cls_feature),
@@ -166,18 +166,20 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_y, _grad_pooled, _grad_cnt, _grad_a):
     cls_feature, gate, spatial_weight, pooled, cnt, a = ctx.saved_tensors
-    dx, dg, dw, db = ias_bwd(grad_y.contiguous(), cls_feature, gate, spatial_weight, pooled, cnt, a)
+    dx, dg, dw, db = inter_task_attention_bwd(
+        grad_y.contiguous(), cls_feature, gate, spatial_weight, pooled, cnt, a
+    )
     return dx, dg, dw, db.to(ctx.bias_dtype)
 
 
-ias_fwd.register_autograd(_backward, setup_context=_setup_context)
+inter_task_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def inter_task_attention(
     cls_feature: Tensor, gate: Tensor, spatial_weight: Tensor, spatial_bias: Tensor
 ) -> Tensor:
     """The Triton implementation behind :func:`hermes.ops.inter_task_attention` (same arguments)."""
-    y, _, _, _ = ias_fwd(
+    y, _, _, _ = inter_task_attention_fwd(
         cls_feature.contiguous(),
         gate.contiguous(),
         spatial_weight.contiguous(),

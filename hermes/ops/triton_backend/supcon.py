@@ -2,8 +2,8 @@
 
 The kernels (``hermes.kernels.supcon``) do the pairwise passes (log-sum-exp, and the positive
 pairs of ``pos_plus_neg``) on dense int32 class ids; the positive term of ``all`` and the
-positive counts come from per-class feature sums here (O((N + M) d), no host synchronisation). Per-anchor weights and the
-reduction are plain tensor ops, so gradients reach ``weights`` too.
+positive counts come from per-class feature sums here (O((N + M) d), no host synchronisation).
+Weights, reduction and the non-finite rule are the public op's (:func:`hermes.ops.supcon_loss`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 from hermes.kernels import supcon as K
-from hermes.ops.supcon import nonfinite_to_nan
 from hermes.ops.triton_backend._common import (
     HALF_AND_FLOAT,
     device_reasons,
@@ -259,22 +258,21 @@ def supcon_loss(
     *,
     temperature: float,
     base_temperature: float,
-    weights: Tensor | None,
     denominator: str,
-    reduction: str,
     self_offset: int | None,
     fp32_precision: str = "ieee",
-) -> Tensor:
-    """The Triton implementation behind :func:`hermes.ops.supcon_loss` (same arguments)."""
+) -> tuple[Tensor, Tensor]:
+    """The Triton kernels behind :func:`hermes.ops.supcon_loss`.
+
+    Shapes: anchors (N, d), labels (N,), contrasts (M, d), contrast_labels (M,).
+    Returns the unweighted per-anchor loss (N,) fp32 (0 for an anchor without a positive) and
+    the number of positives per anchor (N,) fp32.
+    """
     anchors = anchors.contiguous()
     if contrasts is not None and contrasts.shape[0] == 0:
         # No contrast at all: no anchor has a positive (the reference's value, with a graph).
-        per_anchor = nonfinite_to_nan(
-            (anchors.sum(dim=1).float() + contrasts.float().sum()) * 0.0, anchors, contrasts
-        )
-        if weights is not None:
-            per_anchor = per_anchor * weights.float()
-        return per_anchor if reduction == "none" else per_anchor.sum()
+        zero = (anchors.sum(dim=1).float() + contrasts.float().sum()) * 0.0
+        return zero, torch.zeros_like(zero)
     if contrasts is None:
         contrasts, contrast_labels, self_offset = anchors, labels, 0
     per_anchor, _, n_pos, _ = supcon_fwd(
@@ -289,19 +287,12 @@ def supcon_loss(
         denominator == "pos_plus_neg",
         fp32_precision,
     )
-    per_anchor = nonfinite_to_nan(per_anchor, anchors, contrasts)
-    if weights is not None:
-        per_anchor = per_anchor * weights.float()
-    if reduction == "none":
-        return per_anchor
-    return per_anchor.sum() / (n_pos > 0).sum().clamp(min=1)
+    return per_anchor, n_pos
 
 
-def not_supported_reasons(
-    anchors: Tensor, contrasts: Tensor | None = None, weights: Tensor | None = None, **_
-) -> list[str]:
+def not_supported_reasons(anchors: Tensor, contrasts: Tensor | None = None, **_) -> list[str]:
     """Why the Triton ``supcon_loss`` cannot take these inputs (empty when it can)."""
-    reasons = device_reasons(anchors, contrasts, weights)
+    reasons = device_reasons(anchors, contrasts)
     reasons += dtype_reasons("anchors", anchors, HALF_AND_FLOAT)
     if contrasts is not None and contrasts.dtype != anchors.dtype:
         reasons.append(

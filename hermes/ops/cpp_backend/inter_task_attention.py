@@ -1,0 +1,78 @@
+"""``inter_task_attention`` on ``hermes._C``: fake (meta) and autograd registrations of
+``hermes::inter_task_attention_fwd`` / ``_bwd``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hermes.ops.cpp_backend._common import OPS, compute_dtype, device_reasons
+
+
+@torch.library.register_fake("hermes::inter_task_attention_fwd")
+def _fwd_fake(x, gate, weight, bias):
+    b, _, h, w = x.shape
+    return torch.empty_like(x), x.new_empty((b, 2, h, w)), x.new_empty((b, h, w))
+
+
+@torch.library.register_fake("hermes::inter_task_attention_bwd")
+def _bwd_fake(grad_y, x, gate, weight, pooled, attention):
+    return (
+        torch.empty_like(x),
+        torch.empty_like(gate),
+        torch.empty_like(weight),
+        weight.new_empty((1,)),
+    )
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+    x, gate, weight, _ = inputs
+    _, pooled, attention = output
+    ctx.save_for_backward(x, gate, weight, pooled, attention)
+
+
+def _backward(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple:
+    x, gate, weight, pooled, attention = ctx.saved_tensors
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    return OPS.inter_task_attention_bwd(grad_y.contiguous(), x, gate, weight, pooled, attention)
+
+
+torch.library.register_autograd(
+    "hermes::inter_task_attention_fwd", _backward, setup_context=_setup_context
+)
+
+
+def inter_task_attention(
+    cls_feature: Tensor, gate: Tensor, spatial_weight: Tensor, spatial_bias: Tensor
+) -> Tensor:
+    """The ``hermes._C`` kernels behind :func:`hermes.ops.inter_task_attention`.
+
+    Shapes: cls_feature (B, C, H, W) non-empty, gate (B, C), spatial_weight (1, 2, k, k),
+    spatial_bias (1,). Returns (B, C, H, W) in the feature's dtype (fp16/bf16 computed in fp32
+    on the CPU).
+    """
+    dtype = cls_feature.dtype
+    compute = dtype if cls_feature.is_cuda else compute_dtype(dtype)
+    y, _, _ = OPS.inter_task_attention_fwd(
+        cls_feature.to(compute),
+        gate.to(compute),
+        spatial_weight.to(compute),
+        spatial_bias.to(compute),
+    )
+    return y.to(dtype)
+
+
+def not_supported_reasons(device_type: str) -> Callable[..., list[str]]:
+    """The dispatcher's ``not_supported_reasons`` for the ``device_type`` kernels."""
+
+    def reasons(cls_feature: Tensor, **_: Any) -> list[str]:
+        out = device_reasons("inter_task_attention_fwd", device_type, cls_feature)
+        if not cls_feature.is_floating_point():
+            out.append(f"needs a floating point feature, got {cls_feature.dtype}")
+        return out
+
+    return reasons
