@@ -1,4 +1,5 @@
-// Shared helpers of the hermes._C kernels: input checks and a vectorisable exp.
+// Shared helpers of the hermes._C CPU kernels: a vectorisable exp and row reductions (the input
+// checks of each op are in csrc/<op>/<op>_checks.h, shared with its CUDA kernels).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -9,16 +10,6 @@
 #include <limits>
 
 namespace hermes {
-
-#define HERMES_CHECK_DIM(t, n)                                                                  \
-  TORCH_CHECK((t).dim() == (n), __func__, ": ", #t, " must have ", (n), " dimensions, got shape ", \
-              (t).sizes())
-#define HERMES_CHECK_DEVICE(t, ref)                                                             \
-  TORCH_CHECK((t).device() == (ref).device(), __func__, ": ", #t, " must be on ", (ref).device(), \
-              ", got ", (t).device())
-#define HERMES_CHECK_DTYPE(t, dt)                                                               \
-  TORCH_CHECK((t).scalar_type() == (dt), __func__, ": ", #t, " must be ", (dt), ", got ",       \
-              (t).scalar_type())
 
 // exp(x) for x <= 0 in float, branch-free so that GCC vectorises the loops that call it
 // (Cephes expf polynomial, max relative error about 2 ulp); exactly 0 below -87.3 (and for -inf).

@@ -13,9 +13,6 @@ namespace cuda {
 
 #define HERMES_CHECK_CUDA(t) \
   TORCH_CHECK((t).is_cuda(), __func__, ": ", #t, " must be a CUDA tensor, got ", (t).device())
-#define HERMES_CHECK_SAME_DEVICE(t, ref)                                                   \
-  TORCH_CHECK((t).device() == (ref).device(), __func__, ": ", #t, " must be on ", (ref).device(), \
-              ", got ", (t).device())
 
 constexpr int kWarp = 32;
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "dual_threshold_checks.h"
 
 namespace hermes {
 namespace {
@@ -81,20 +82,9 @@ void pass1_kernel(const scalar_t* x, const bool* valid, int64_t batch, int64_t c
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dual_threshold_pass1_cpu(
     const at::Tensor& logits, const at::Tensor& valid) {
-  HERMES_CHECK_DIM(logits, 3);
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()),
-              "dual_threshold_pass1: logits must be floating point, got ", logits.scalar_type());
-  const int64_t batch = logits.size(0), classes = logits.size(1), positions = logits.size(2);
-  TORCH_CHECK(classes >= 1, "dual_threshold_pass1: logits need at least one class, got shape ",
-              logits.sizes());
-  const bool has_valid = valid.numel() > 0 || valid.dim() == 2;
-  if (has_valid) {
-    TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 2 && valid.size(0) == batch &&
-                    valid.size(1) == positions,
-                "dual_threshold_pass1: valid must be bool of shape (", batch, ", ", positions,
-                ") or empty, got ", valid.scalar_type(), " ", valid.sizes());
-    HERMES_CHECK_DEVICE(valid, logits);
-  }
+  const dual_threshold::Pass1Shape shape = dual_threshold::check_pass1(logits, valid);
+  const int64_t batch = shape.batch, classes = shape.classes, positions = shape.positions;
+  const bool has_valid = shape.has_valid;
   const at::Tensor x = logits.detach().contiguous();
   const at::Tensor v = has_valid ? valid.contiguous() : valid;
   const auto f32 = x.options().dtype(at::kFloat);
@@ -117,18 +107,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> dual_thre
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dual_threshold_pass2_cpu(
     const at::Tensor& labels, const at::Tensor& confidence, const at::Tensor& entropy,
     const at::Tensor& ok, const at::Tensor& thresholds, const at::Tensor& eta) {
-  HERMES_CHECK_DTYPE(labels, at::kLong);
-  HERMES_CHECK_DTYPE(confidence, at::kFloat);
-  HERMES_CHECK_DTYPE(entropy, at::kFloat);
-  HERMES_CHECK_DTYPE(ok, at::kBool);
-  HERMES_CHECK_DIM(thresholds, 1);
-  TORCH_CHECK(eta.numel() == 1, "dual_threshold_pass2: eta must hold one value, got shape ",
-              eta.sizes());
+  dual_threshold::check_pass2(labels, confidence, entropy, ok, thresholds, eta);
   const int64_t n = labels.numel(), classes = thresholds.size(0);
-  for (const at::Tensor* t : {&confidence, &entropy, &ok}) {
-    TORCH_CHECK(t->numel() == n, "dual_threshold_pass2: inputs must have ", n,
-                " entries like labels, got shape ", t->sizes());
-  }
   const at::Tensor y = labels.contiguous(), conf = confidence.contiguous(),
                    ent = entropy.contiguous(), okc = ok.contiguous();
   const at::Tensor thr = thresholds.to(at::kFloat).contiguous();

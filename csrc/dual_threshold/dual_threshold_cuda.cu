@@ -9,6 +9,7 @@
 #include <tuple>
 
 #include "../cuda_common.cuh"
+#include "dual_threshold_checks.h"
 
 namespace hermes {
 namespace cuda {
@@ -126,20 +127,9 @@ __global__ void pass2_kernel(const int64_t* __restrict__ labels,
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> pass1_cuda(
     const at::Tensor& logits, const at::Tensor& valid) {
   HERMES_CHECK_CUDA(logits);
-  TORCH_CHECK(logits.dim() == 3, "dual_threshold_pass1: logits must be (B, C, P), got shape ",
-              logits.sizes());
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()),
-              "dual_threshold_pass1: logits must be floating point, got ", logits.scalar_type());
-  const int64_t batch = logits.size(0), classes = logits.size(1), positions = logits.size(2);
-  TORCH_CHECK(classes >= 1, "dual_threshold_pass1: logits need at least one class");
-  const bool has_valid = valid.numel() > 0 || valid.dim() == 2;
-  if (has_valid) {
-    HERMES_CHECK_SAME_DEVICE(valid, logits);
-    TORCH_CHECK(valid.scalar_type() == at::kBool && valid.dim() == 2 && valid.size(0) == batch &&
-                    valid.size(1) == positions,
-                "dual_threshold_pass1: valid must be bool of shape (", batch, ", ", positions,
-                ") or empty, got ", valid.scalar_type(), " ", valid.sizes());
-  }
+  const dual_threshold::Pass1Shape shape = dual_threshold::check_pass1(logits, valid);
+  const int64_t batch = shape.batch, classes = shape.classes, positions = shape.positions;
+  const bool has_valid = shape.has_valid;
   const c10::cuda::CUDAGuard guard(logits.device());
   const at::Tensor x = logits.detach().contiguous();
   const at::Tensor v = has_valid ? valid.contiguous() : valid;
@@ -168,21 +158,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pass2_cuda(
     const at::Tensor& labels, const at::Tensor& confidence, const at::Tensor& entropy,
     const at::Tensor& ok, const at::Tensor& thresholds, const at::Tensor& eta) {
   HERMES_CHECK_CUDA(labels);
-  for (const at::Tensor* t : {&confidence, &entropy, &ok, &thresholds, &eta}) {
-    TORCH_CHECK(t->device() == labels.device(), "dual_threshold_pass2: inputs must be on ",
-                labels.device(), ", got one on ", t->device());
-  }
-  TORCH_CHECK(labels.scalar_type() == at::kLong && confidence.scalar_type() == at::kFloat &&
-                  entropy.scalar_type() == at::kFloat && ok.scalar_type() == at::kBool,
-              "dual_threshold_pass2: expected int64 labels, fp32 confidence and entropy, bool ok");
-  TORCH_CHECK(thresholds.dim() == 1 && eta.numel() == 1,
-              "dual_threshold_pass2: thresholds must be (C,) and eta one value, got ",
-              thresholds.sizes(), " and ", eta.sizes());
+  dual_threshold::check_pass2(labels, confidence, entropy, ok, thresholds, eta);
   const int64_t n = labels.numel(), classes = thresholds.size(0);
-  for (const at::Tensor* t : {&confidence, &entropy, &ok}) {
-    TORCH_CHECK(t->numel() == n, "dual_threshold_pass2: inputs must have ", n,
-                " entries like labels, got shape ", t->sizes());
-  }
   const c10::cuda::CUDAGuard guard(labels.device());
   const at::Tensor y = labels.contiguous(), conf = confidence.contiguous(),
                    ent = entropy.contiguous(), okc = ok.contiguous();

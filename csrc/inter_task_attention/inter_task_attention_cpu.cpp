@@ -16,34 +16,12 @@
 #include <vector>
 
 #include "../common.h"
+#include "inter_task_attention_checks.h"
 
 namespace hermes {
 namespace {
 
-struct Shape {
-  int64_t b, c, h, w, hw, k, r;
-};
-
-Shape check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& gate,
-                   const at::Tensor& weight) {
-  TORCH_CHECK(x.dim() == 4, fn, ": x must be (B, C, H, W), got shape ", x.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, fn,
-              ": x must be float32 or float64 (upcast half precision first), got ",
-              x.scalar_type());
-  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == x.size(0) && gate.size(1) == x.size(1), fn,
-              ": gate must be (", x.size(0), ", ", x.size(1), "), got shape ", gate.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == 1 && weight.size(1) == 2 &&
-                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
-              fn, ": weight must be (1, 2, k, k) with k odd, got shape ", weight.sizes());
-  for (const at::Tensor* t : {&gate, &weight}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), fn, ": gate and weight must have x's dtype ",
-                x.scalar_type(), ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == x.device(), fn, ": inputs must be on ", x.device(), ", got ",
-                t->device());
-  }
-  const int64_t k = weight.size(2);
-  return {x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) * x.size(3), k, k / 2};
-}
+using inter_task_attention::Shape;
 
 template <typename scalar_t>
 inline scalar_t sigmoid(scalar_t z) {
@@ -103,7 +81,8 @@ void forward_kernel(const Shape& s, const scalar_t* x, const scalar_t* g, const 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> inter_task_attention_fwd_cpu(
     const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight, const at::Tensor& bias) {
-  const Shape s = check_inputs("inter_task_attention_fwd", x, gate, weight);
+  const Shape s = inter_task_attention::check_inputs("inter_task_attention_fwd", x, gate, weight,
+                                                     /*any_float=*/false);
   TORCH_CHECK(bias.numel() == 1, "inter_task_attention_fwd: bias must be (1,), got shape ",
               bias.sizes());
   const at::Tensor xc = x.detach().contiguous(), gc = gate.detach().contiguous(),
@@ -209,7 +188,8 @@ void backward_kernel(const Shape& s, const scalar_t* dy, const scalar_t* x, cons
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inter_task_attention_bwd_cpu(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gate,
     const at::Tensor& weight, const at::Tensor& pooled, const at::Tensor& attention) {
-  const Shape s = check_inputs("inter_task_attention_bwd", x, gate, weight);
+  const Shape s = inter_task_attention::check_inputs("inter_task_attention_bwd", x, gate, weight,
+                                                     /*any_float=*/false);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
               "inter_task_attention_bwd: grad_y must match x ", x.sizes(), " ", x.scalar_type(),
               ", got ", grad_y.sizes(), " ", grad_y.scalar_type());

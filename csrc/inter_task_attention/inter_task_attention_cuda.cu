@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "../cuda_common.cuh"
+#include "inter_task_attention_checks.h"
 
 namespace hermes {
 namespace cuda {
@@ -24,13 +25,11 @@ namespace {
 
 constexpr int kThreads = 256;
 
-struct Dims {
-  int64_t b, c, h, w, hw, k, r;
-};
+using inter_task_attention::Shape;
 
 template <typename scalar_t>
 __global__ void pool_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ g,
-                            Dims s, scalar_t* __restrict__ pooled) {
+                            Shape s, scalar_t* __restrict__ pooled) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (e >= s.b * s.hw) return;
@@ -48,7 +47,7 @@ __global__ void pool_kernel(const scalar_t* __restrict__ x, const scalar_t* __re
 template <typename scalar_t>
 __global__ void apply_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ g,
                              const scalar_t* __restrict__ pooled, const scalar_t* __restrict__ w,
-                             const scalar_t* __restrict__ bias, Dims s, scalar_t* __restrict__ y,
+                             const scalar_t* __restrict__ bias, Shape s, scalar_t* __restrict__ y,
                              scalar_t* __restrict__ attn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -78,7 +77,7 @@ __global__ void apply_kernel(const scalar_t* __restrict__ x, const scalar_t* __r
 template <typename scalar_t>
 __global__ void dz_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                           const scalar_t* __restrict__ g, const scalar_t* __restrict__ pooled,
-                          const scalar_t* __restrict__ attn, Dims s, float* __restrict__ dz,
+                          const scalar_t* __restrict__ attn, Shape s, float* __restrict__ dz,
                           float* __restrict__ ties) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -131,7 +130,7 @@ template <typename scalar_t>
 __global__ void grad_kernel(const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
                             const scalar_t* __restrict__ g, const scalar_t* __restrict__ w,
                             const scalar_t* __restrict__ pooled, const scalar_t* __restrict__ attn,
-                            const float* __restrict__ dz, const float* __restrict__ ties, Dims s,
+                            const float* __restrict__ dz, const float* __restrict__ ties, Shape s,
                             scalar_t* __restrict__ dx, float* __restrict__ gpart,
                             float* __restrict__ wpart) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -204,31 +203,17 @@ __global__ void grad_kernel(const scalar_t* __restrict__ dy, const scalar_t* __r
   }
 }
 
-Dims check(const char* fn, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight) {
+// The shared checks (any float dtype) and that x is a CUDA tensor.
+Shape check(const char* fn, const at::Tensor& x, const at::Tensor& gate, const at::Tensor& weight) {
   HERMES_CHECK_CUDA(x);
-  TORCH_CHECK(x.dim() == 4, fn, ": x must be (B, C, H, W), got shape ", x.sizes());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), fn, ": x must be floating point, got ",
-              x.scalar_type());
-  TORCH_CHECK(gate.dim() == 2 && gate.size(0) == x.size(0) && gate.size(1) == x.size(1), fn,
-              ": gate must be (", x.size(0), ", ", x.size(1), "), got shape ", gate.sizes());
-  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == 1 && weight.size(1) == 2 &&
-                  weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
-              fn, ": weight must be (1, 2, k, k) with k odd, got shape ", weight.sizes());
-  for (const at::Tensor* t : {&gate, &weight}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), fn, ": gate and weight must have x's dtype ",
-                x.scalar_type(), ", got ", t->scalar_type());
-    TORCH_CHECK(t->device() == x.device(), fn, ": inputs must be on ", x.device(), ", got ",
-                t->device());
-  }
-  const int64_t k = weight.size(2);
-  return {x.size(0), x.size(1), x.size(2), x.size(3), x.size(2) * x.size(3), k, k / 2};
+  return inter_task_attention::check_inputs(fn, x, gate, weight, /*any_float=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> inter_task_attention_fwd_cuda(const at::Tensor& x,
                                                             const at::Tensor& gate,
                                                             const at::Tensor& weight,
                                                             const at::Tensor& bias) {
-  const Dims s = check("inter_task_attention_fwd", x, gate, weight);
+  const Shape s = check("inter_task_attention_fwd", x, gate, weight);
   TORCH_CHECK(bias.numel() == 1 && bias.device() == x.device(),
               "inter_task_attention_fwd: bias must be (1,) on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
@@ -257,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inter_task_attention_fwd_cuda(con
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inter_task_attention_bwd_cuda(
     const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& gate,
     const at::Tensor& weight, const at::Tensor& pooled, const at::Tensor& attention) {
-  const Dims s = check("inter_task_attention_bwd", x, gate, weight);
+  const Shape s = check("inter_task_attention_bwd", x, gate, weight);
   TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type() &&
                   grad_y.device() == x.device(),
               "inter_task_attention_bwd: grad_y must match x");

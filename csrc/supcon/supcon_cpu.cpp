@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../common.h"
+#include "supcon_checks.h"
 
 namespace hermes {
 namespace {
@@ -54,27 +55,7 @@ struct Problem {
 Problem make_problem(const char* fn, const at::Tensor& anchors, const at::Tensor& labels,
                      const at::Tensor& contrasts, const at::Tensor& contrast_labels,
                      double temperature, std::optional<int64_t> self_offset) {
-  TORCH_CHECK(anchors.dim() == 2, fn, ": anchors must be (N, d), got shape ", anchors.sizes());
-  TORCH_CHECK(contrasts.dim() == 2 && contrasts.size(1) == anchors.size(1), fn,
-              ": contrasts must be (M, ", anchors.size(1), "), got shape ", contrasts.sizes());
-  TORCH_CHECK(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble, fn,
-              ": anchors must be float32 or float64 (upcast half precision first), got ",
-              anchors.scalar_type());
-  TORCH_CHECK(contrasts.scalar_type() == anchors.scalar_type(), fn,
-              ": contrasts must have the anchors' dtype ", anchors.scalar_type(), ", got ",
-              contrasts.scalar_type());
-  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 1 &&
-                  labels.size(0) == anchors.size(0),
-              fn, ": labels must be int64 of shape (", anchors.size(0), ",), got ",
-              labels.scalar_type(), " ", labels.sizes());
-  TORCH_CHECK(contrast_labels.scalar_type() == at::kLong && contrast_labels.dim() == 1 &&
-                  contrast_labels.size(0) == contrasts.size(0),
-              fn, ": contrast_labels must be int64 of shape (", contrasts.size(0), ",), got ",
-              contrast_labels.scalar_type(), " ", contrast_labels.sizes());
-  for (const at::Tensor* t : {&labels, &contrasts, &contrast_labels}) {
-    TORCH_CHECK(t->device() == anchors.device(), fn, ": all inputs must be on ",
-                anchors.device(), ", got one on ", t->device());
-  }
+  supcon::check_inputs(fn, anchors, labels, contrasts, contrast_labels);
   TORCH_CHECK(temperature > 0, fn, ": temperature must be > 0, got ", temperature);
   Problem p;
   // Detached: the tiles are computed with out= GEMMs (autograd is registered from Python).

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "../cuda_common.cuh"
+#include "supcon_checks.h"
 
 namespace hermes {
 namespace cuda {
@@ -201,27 +202,7 @@ Inputs check(const char* fn, const at::Tensor& anchors, const at::Tensor& labels
              const at::Tensor& contrasts, const at::Tensor& contrast_labels, double temperature,
              double base_temperature, std::optional<int64_t> self_offset, bool pos_plus_neg) {
   HERMES_CHECK_CUDA(anchors);
-  for (const at::Tensor* t : {&labels, &contrasts, &contrast_labels}) {
-    TORCH_CHECK(t->device() == anchors.device(), fn, ": all inputs must be on ", anchors.device(),
-                ", got one on ", t->device());
-  }
-  TORCH_CHECK(anchors.dim() == 2, fn, ": anchors must be (N, d), got shape ", anchors.sizes());
-  TORCH_CHECK(contrasts.dim() == 2 && contrasts.size(1) == anchors.size(1), fn,
-              ": contrasts must be (M, ", anchors.size(1), "), got shape ", contrasts.sizes());
-  TORCH_CHECK(anchors.scalar_type() == at::kFloat || anchors.scalar_type() == at::kDouble, fn,
-              ": anchors must be float32 or float64 (upcast half precision first), got ",
-              anchors.scalar_type());
-  TORCH_CHECK(contrasts.scalar_type() == anchors.scalar_type(), fn,
-              ": contrasts must have the anchors' dtype ", anchors.scalar_type(), ", got ",
-              contrasts.scalar_type());
-  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 1 &&
-                  labels.size(0) == anchors.size(0),
-              fn, ": labels must be int64 of shape (", anchors.size(0), ",), got ",
-              labels.scalar_type(), " ", labels.sizes());
-  TORCH_CHECK(contrast_labels.scalar_type() == at::kLong && contrast_labels.dim() == 1 &&
-                  contrast_labels.size(0) == contrasts.size(0),
-              fn, ": contrast_labels must be int64 of shape (", contrasts.size(0), ",), got ",
-              contrast_labels.scalar_type(), " ", contrast_labels.sizes());
+  supcon::check_inputs(fn, anchors, labels, contrasts, contrast_labels);
   TORCH_CHECK(anchors.size(1) <= kMaxDim, fn, ": the CUDA kernels take d <= ", kMaxDim, ", got ",
               anchors.size(1));
   TORCH_CHECK(temperature > 0 && base_temperature > 0, fn,
