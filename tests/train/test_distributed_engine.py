@@ -220,7 +220,6 @@ def _baselines(rank: int) -> dict[str, torch.Tensor]:
                 proj_hidden=16,
                 proj_dim=8,
                 consistency_dim=8,
-                image_size=32,
                 decoder_dropout=0.0,
             )
         )
