@@ -14,6 +14,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "hermes"
+# Kept one row per group of levels (the layer diagram, bottom to top); the formatter would put
+# every entry on its own line.
 LAYERS = {
     "ops": 0, "comm": 0, "checks": 0, "kernels": 0, "_C": 0, "__init__": 0,
     "data": 1, "models": 2, "method": 3, "eval": 4, "train": 5, "experiments": 6,
