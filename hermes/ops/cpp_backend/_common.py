@@ -3,6 +3,9 @@ dispatch key has a kernel in this build, the compute dtype and the device reason
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -29,3 +32,19 @@ def device_reasons(op: str, device_type: str, tensor: Tensor) -> list[str]:
     if not has_kernel(op, device_type):
         return [f"hermes._C was built without {device_type} kernels"]
     return []
+
+
+def float_input_reasons(
+    kernel: str, device_type: str, arg: str, what: str
+) -> Callable[..., list[str]]:
+    """The dispatcher's ``not_supported_reasons`` for a ``device_type`` kernel whose input
+    ``arg`` (described as ``what``) must be floating point on a device the kernel serves."""
+
+    def reasons(**inputs: Any) -> list[str]:
+        x = inputs[arg]
+        out = device_reasons(kernel, device_type, x)
+        if not x.is_floating_point():
+            out.append(f"needs {what}, got {x.dtype}")
+        return out
+
+    return reasons

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hermes.ops.cpp_backend._common import OPS, compute_dtype, device_reasons
+from hermes.ops.cpp_backend._common import OPS, compute_dtype, float_input_reasons
 
 
 @torch.library.register_fake("hermes::inter_task_attention_fwd")
@@ -68,11 +68,6 @@ def inter_task_attention(
 
 def not_supported_reasons(device_type: str) -> Callable[..., list[str]]:
     """The dispatcher's ``not_supported_reasons`` for the ``device_type`` kernels."""
-
-    def reasons(cls_feature: Tensor, **_: Any) -> list[str]:
-        out = device_reasons("inter_task_attention_fwd", device_type, cls_feature)
-        if not cls_feature.is_floating_point():
-            out.append(f"needs a floating point feature, got {cls_feature.dtype}")
-        return out
-
-    return reasons
+    return float_input_reasons(
+        "inter_task_attention_fwd", device_type, "cls_feature", "a floating point feature"
+    )

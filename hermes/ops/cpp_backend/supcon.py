@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from hermes.ops import dispatch
-from hermes.ops.cpp_backend._common import OPS, compute_dtype, device_reasons
+from hermes.ops.cpp_backend._common import OPS, compute_dtype, float_input_reasons
 
 
 @torch.library.register_fake("hermes::supcon_fwd")
@@ -110,14 +110,7 @@ def supcon_loss(
 
 def not_supported_reasons(device_type: str) -> Callable[..., list[str]]:
     """The dispatcher's ``not_supported_reasons`` for the ``device_type`` kernels."""
-
-    def reasons(anchors: Tensor, **_: Any) -> list[str]:
-        out = device_reasons("supcon_fwd", device_type, anchors)
-        if not anchors.is_floating_point():
-            out.append(f"needs floating point features, got {anchors.dtype}")
-        return out
-
-    return reasons
+    return float_input_reasons("supcon_fwd", device_type, "anchors", "floating point features")
 
 
 # Automatic use of the CPU kernels from this many anchor-contrast pairs on. Measured side by side
