@@ -211,7 +211,10 @@ def test_train_step(
         dev
     )
     cfg = MethodConfig(
-        tau_max=0.0, tau_min=0.0, concat_views=variant != PUBLIC, detach_junctions=variant != PUBLIC
+        tau_max=0.0,
+        tau_min=0.0,
+        concat_views=variant != PUBLIC,
+        itc_trains="both" if variant == PUBLIC else "seg",
     )
     optimizers, schedulers = build_optimizers(model, OptimConfig(steps=10**9))
     labeled, unlabeled = make_batches(shape, dev)

@@ -80,6 +80,11 @@ VARIANTS: dict[str, Variant] = {
             "Hermes, pseudo-labels from an EMA teacher",
             (("method.teacher", "ema"),),
         ),
+        Variant(
+            "itc_cls",
+            "Hermes, inter-task consistency training the classification branch",
+            (("method.itc_trains", "cls"),),
+        ),
         Variant("mean_teacher", "Mean Teacher", (("method.mode", "mean_teacher"),)),
         Variant("fixmatch", "FixMatch (threshold 0.95)", (("method.mode", "fixmatch"),)),
     )

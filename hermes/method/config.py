@@ -17,6 +17,7 @@ MODES = ("hermes", "supervised", "mean_teacher", "fixmatch")
 PSEUDO_LABELS = ("dual", "fixed")
 PIXEL_RELIABILITY = ("and", "authors")
 TEACHERS = ("student", "ema")
+ITC_TRAINS = ("seg", "cls", "both")
 
 
 @dataclass
@@ -25,7 +26,7 @@ class LossWeights:
 
     ``L_cls = cls_total * (CE_l + ce_u * CE_u + contrast_img * L_contrast_img)``;
     ``L_seg = seg_total * (L_seg_sup + dice_u * Dice_u + contrast_pix * L_contrast_pix)
-    + itc * lambda(t) * L_itc``. Inside ``L_seg_sup = seg_ce * CE + seg_dice * Dice``.
+    + itc * lambda(t) * L_itc`` (``L_itc`` moves into ``L_cls`` with ``itc_trains: cls``). Inside ``L_seg_sup = seg_ce * CE + seg_dice * Dice``.
     """
 
     cls_total: float = 1.1
@@ -153,9 +154,13 @@ class MethodConfig:
             the trainer converts ``train.warmup_epochs`` into steps).
         max_samples, max_views: ContrastiveSeg hard-anchor sampling.
         itc_every, itc_length: ``lambda(t) = rampup(t // itc_every, itc_length)``.
-        detach_junctions: the project's decision where the paper is silent (as the authors'
-            code): the classification embedding inside ``L_itc`` is detached (the segmentation features entering the attention are detached by the
-            model, ``model.detach_seg_features``). ``False`` lets gradients flow, for experiments.
+        itc_trains: which branch ``L_itc`` trains, the other branch's embedding being its
+            detached target. ``"seg"`` (the paper's ``L_seg`` holds it; as the authors' code,
+            where the classification optimiser discards its gradient): the segmentation branch.
+            ``"cls"`` (not in the paper): the classification branch, pulled towards the
+            segmentation branch's embedding, with the term in ``L_cls``. ``"both"``: gradients
+            into both branches. (The segmentation features entering the attention are detached
+            by the model, ``model.detach_seg_features``.)
         concat_views: run the weak and strong unlabeled views through each branch as one batch
             (BatchNorm sees both views together); ``False`` runs two forward passes.
         unlabeled_truth_stats: log the pseudo-label accuracy against the unlabeled stream's true
@@ -187,7 +192,7 @@ class MethodConfig:
     max_views: int = 100
     itc_every: int = 100
     itc_length: int = 40
-    detach_junctions: bool = True
+    itc_trains: str = "seg"
     concat_views: bool = True
     unlabeled_truth_stats: bool = True
     freeze_bn_unlabeled: bool = False
@@ -212,6 +217,12 @@ class MethodConfig:
             "method.teacher_decay",
             "a number in [0, 1]",
             self.teacher_decay,
+        )
+        require(
+            self.itc_trains in ITC_TRAINS,
+            "method.itc_trains",
+            f"one of {ITC_TRAINS}",
+            self.itc_trains,
         )
         require(
             self.pixel_reliability in PIXEL_RELIABILITY,

@@ -181,10 +181,12 @@ class HermesMethod(nn.Module):
             if step >= cfg.warmup_steps and w.contrast_pix > 0:
                 contrast_pix = self._pixel_contrast(seg_u, pl_seg, contrast_mask)
             if w.itc > 0:
-                z_cls = cls_u.strong.consistency
-                if cfg.detach_junctions:
+                z_cls, z_seg = cls_u.strong.consistency, seg_u.strong.consistency
+                if cfg.itc_trains == "seg":
                     z_cls = z_cls.detach()
-                itc = consistency_loss(z_cls, seg_u.strong.consistency, comm)
+                elif cfg.itc_trains == "cls":
+                    z_seg = z_seg.detach()
+                itc = consistency_loss(z_cls, z_seg, comm)
                 lam = consistency_weight(step, cfg.itc_every, cfg.itc_length)
             if self.image_bank is not None:
                 self._enqueue(
@@ -193,7 +195,10 @@ class HermesMethod(nn.Module):
 
         loss_cls = w.cls_total * (ce_l + w.ce_u * ce_u + w.contrast_img * contrast_img)
         loss_seg = w.seg_total * (seg_sup + w.dice_u * dice_u + w.contrast_pix * contrast_pix)
-        loss_seg = loss_seg + w.itc * lam * itc
+        if cfg.itc_trains == "cls":
+            loss_cls = loss_cls + w.itc * lam * itc
+        else:
+            loss_seg = loss_seg + w.itc * lam * itc
         total = loss_cls + loss_seg
 
         terms = {

@@ -38,6 +38,9 @@ IMAGE_SIZE_MULTIPLE = 32
 CLS_OPTIMIZERS = ("sgd", "adamw")
 # Model settings that a training config keeps elsewhere, with their one home there.
 MOVED = {"image_size": "data.image_size", "backend": "backend"}
+# method.detach_junctions (True: L_itc trains the segmentation branch alone; False: both
+# branches) became method.itc_trains, which can also name the classification branch.
+JUNCTIONS_TO_ITC_TRAINS = {True: "seg", False: "both"}
 
 
 @dataclass
@@ -328,22 +331,34 @@ def train_config_from_dict(tree: dict[str, Any]) -> TrainConfig:
                     f"has {len(classes)}; the model has one output per data class (leave "
                     "model.num_classes out)"
                 )
+    method = tree.get("method")
+    if isinstance(method, dict) and "detach_junctions" in method:
+        raise ValueError(
+            "method.detach_junctions: replaced by method.itc_trains (true is 'seg', false is "
+            "'both'; 'cls' trains the classification branch alone)"
+        )
     return from_dict(TrainConfig, tree)
 
 
 def upgrade_stored(tree: dict[str, Any]) -> dict[str, Any]:
-    """A stored config (a checkpoint's) from before ``model.image_size`` and ``model.backend``
-    moved: the first dropped (``data.image_size`` was always the input size), the second moved
-    to ``backend`` where that was ``auto``."""
+    """A stored config (a checkpoint's) from before ``model.image_size``, ``model.backend`` and
+    ``method.detach_junctions`` moved: the first dropped (``data.image_size`` was always the
+    input size), the second moved to ``backend`` where that was ``auto``, the third turned into
+    ``method.itc_trains`` (``true``: ``seg``, ``false``: ``both``)."""
+    tree = dict(tree)
     model = tree.get("model")
-    if not isinstance(model, dict) or not MOVED.keys() & model.keys():
-        return tree
-    tree, model = dict(tree), dict(model)
-    model.pop("image_size", None)
-    backend = model.pop("backend", None)
-    if backend is not None and tree.get("backend", "auto") == "auto":
-        tree["backend"] = backend
-    tree["model"] = model
+    if isinstance(model, dict) and MOVED.keys() & model.keys():
+        model = dict(model)
+        model.pop("image_size", None)
+        backend = model.pop("backend", None)
+        if backend is not None and tree.get("backend", "auto") == "auto":
+            tree["backend"] = backend
+        tree["model"] = model
+    method = tree.get("method")
+    if isinstance(method, dict) and "detach_junctions" in method:
+        method = dict(method)
+        method["itc_trains"] = JUNCTIONS_TO_ITC_TRAINS[bool(method.pop("detach_junctions"))]
+        tree["method"] = method
     return tree
 
 

@@ -139,21 +139,27 @@ def _grad_norm(params) -> float:
     return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
 
 
-@pytest.mark.parametrize("detach", [True, False])
-def test_consistency_gradient_junction(detach: bool) -> None:
-    """With the junctions detached, L_itc sends no gradient into the classification branch."""
+@pytest.mark.parametrize("trains", ["seg", "cls", "both"])
+def test_consistency_trains_the_branches_it_names(trains: str) -> None:
+    """L_itc sends gradients only into the branch(es) ``itc_trains`` names, and sits in that
+    branch's loss (the segmentation loss for ``both``, as the paper's L_seg)."""
     labeled, unlabeled = batches()
     only_itc = LossWeights(
         cls_total=0.0, seg_total=0.0, ce_u=0.0, dice_u=0.0, contrast_img=0.0, contrast_pix=0.0
     )
-    cfg = easy_cfg(weights=only_itc, detach_junctions=detach, itc_every=1, itc_length=1)
+    cfg = easy_cfg(weights=only_itc, itc_trains=trains, itc_every=1, itc_length=1)
     method = HermesMethod(tiny_model(), cfg)
     loss, logs = method(labeled, unlabeled, step=3, total_steps=10)
+    assert logs["loss/itc"].item() > 0
     assert loss.item() == pytest.approx(logs["loss/itc"].item(), rel=1e-6)
+    holder, other = ("cls", "seg") if trains == "cls" else ("seg", "cls")
+    assert logs[f"loss/{holder}"].item() == pytest.approx(loss.item(), rel=1e-6)
+    assert logs[f"loss/{other}"].item() == 0.0
     loss.backward()
-    assert _grad_norm(method.model.seg.parameters()) > 0
+    seg_grad = _grad_norm(method.model.seg.parameters())
     cls_grad = _grad_norm(method.model.cls.parameters())
-    assert (cls_grad == 0) if detach else (cls_grad > 0)
+    assert (seg_grad > 0) == (trains in ("seg", "both"))
+    assert (cls_grad > 0) == (trains in ("cls", "both"))
 
 
 def test_memory_bank_is_filled_and_used() -> None:

@@ -98,6 +98,24 @@ def test_a_stored_config_from_before_the_move_loads() -> None:
     assert load_config(None, base=old).backend == "torch"
 
 
+def test_detach_junctions_is_refused_with_its_replacement() -> None:
+    with pytest.raises(ValueError, match="method.detach_junctions: replaced by method.itc_trains"):
+        load_config("default", ["method.detach_junctions=false"])
+
+
+@pytest.mark.parametrize(("detach", "trains"), [(True, "seg"), (False, "both")])
+def test_a_stored_config_with_detach_junctions_loads(detach: bool, trains: str) -> None:
+    old = to_dict(load_config("default"))
+    del old["method"]["itc_trains"]
+    old["method"]["detach_junctions"] = detach
+    assert load_config(None, base=old).method.itc_trains == trains
+
+
+def test_itc_trains_is_checked() -> None:
+    with pytest.raises(ValueError, match="method.itc_trains.*'seg', 'cls', 'both'.*'decoder'"):
+        load_config("default", ["method.itc_trains=decoder"])
+
+
 def test_missing_preset_is_a_clear_error() -> None:
     with pytest.raises(FileNotFoundError, match="nope"):
         load_config("nope")
