@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hermes.experiments.variants import Variant
-from hermes.train.config import TrainConfig, load_config, to_dict
+from hermes.train.config import TrainConfig, load_config, to_dict, upgrade_stored
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def same_config(stored: dict[str, Any], cfg: TrainConfig) -> bool:
 
     Every field must have the same value, except fields that the stored configuration lacks
     (added to the code after the run) and that ``cfg`` leaves at their default: a switch added
-    later, off by default, does not make finished runs stale.
+    later, off by default, does not make finished runs stale. A field renamed since the run is
+    read under its new name first (:func:`hermes.train.config.upgrade_stored`).
     """
     defaults = _plain(to_dict(TrainConfig()))
     current = _plain(to_dict(cfg))
@@ -148,7 +149,7 @@ def same_config(stored: dict[str, Any], cfg: TrainConfig) -> bool:
                 return False
         return set(old) <= set(new)
 
-    return same(_plain(stored), current, defaults)
+    return same(_plain(upgrade_stored(stored)), current, defaults)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

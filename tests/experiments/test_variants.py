@@ -121,6 +121,23 @@ def test_a_field_added_later_at_its_default_keeps_results_valid(tmp_path: Path) 
     assert not same_config(stored, cfg)
 
 
+def test_a_field_renamed_since_keeps_results_valid(tmp_path: Path) -> None:
+    """A run stored with method.detach_junctions is the same run as itc_trains: seg."""
+    from hermes.experiments.runner import same_config
+    from hermes.train import to_dict
+
+    cfg = run_config(_matrix(tmp_path), RunSpec(VARIANTS["hermes"], 40, 0))
+    stored = to_dict(cfg)
+    del stored["method"]["itc_trains"]
+    stored["method"]["detach_junctions"] = True
+    assert same_config(stored, cfg)
+    cfg.method.itc_trains = "cls"
+    assert not same_config(stored, cfg)
+    stored["method"]["detach_junctions"] = False
+    cfg.method.itc_trains = "both"
+    assert same_config(stored, cfg)
+
+
 def test_loss_balance_weighs_the_baselines_terms_by_their_logged_weights() -> None:
     from hermes.experiments.tables import _weighted
 
