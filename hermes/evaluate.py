@@ -14,7 +14,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from hermes.eval.evaluate import evaluate, evaluation_loader, format_metrics, json_metrics
+from hermes.eval.evaluate import (
+    TTA,
+    evaluate,
+    evaluation_loader,
+    format_metrics,
+    json_metrics,
+)
 from hermes.eval.metrics import undefined_reasons
 from hermes.train.checkpoint import load_model
 
@@ -38,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batches", type=int, default=None)
     parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument(
+        "--tta",
+        choices=TTA,
+        help="test-time augmentation: none, or hflip (each image and its mirror image, "
+        "softmaxes averaged); default: the checkpoint's eval.tta",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -53,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileNotFoundError(f"--split-file: no file {args.split_file}")
             data_cfg = replace(data_cfg, split_file=args.split_file)
         loader = evaluation_loader(data_cfg, args.split)
-        result = evaluate(model, loader, args.device, max_batches=args.max_batches)
+        tta = args.tta if args.tta is not None else cfg.eval.tta
+        result = evaluate(model, loader, args.device, max_batches=args.max_batches, tta=tta)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

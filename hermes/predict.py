@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from hermes.eval.evaluate import TTA
 from hermes.eval.predict import predict_folder
 from hermes.train.checkpoint import load_model
 
@@ -26,12 +27,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", help="folder of images")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--tta",
+        choices=TTA,
+        help="test-time augmentation: none, or hflip (each image and its mirror image, "
+        "softmaxes averaged); default: the checkpoint's eval.tta",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         model, cfg = load_model(args.checkpoint, args.device)
         done = predict_folder(
-            model, args.images, args.out, cfg.data.image_size, cfg.data.classes, args.device
+            model,
+            args.images,
+            args.out,
+            cfg.data.image_size,
+            cfg.data.classes,
+            args.device,
+            tta=args.tta if args.tta is not None else cfg.eval.tta,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

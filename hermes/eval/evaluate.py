@@ -32,10 +32,32 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+TTA = ("none", "hflip")
+"""Test-time augmentation: ``none``, or ``hflip`` (the image and its mirror image, the mirror's
+masks flipped back, the two softmaxes averaged)."""
+
+
 @torch.no_grad()
-def predict_batch(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+def predict_batch(model: nn.Module, x: Tensor, tta: str = "none") -> tuple[Tensor, Tensor]:
     """Segmentation and classification logits of the full model (saliency and attention as
-    configured). Shapes: x (B, 3, H, W) -> (B, K, H, W), (B, C)."""
+    configured). Shapes: x (B, 3, H, W) -> (B, K, H, W), (B, C).
+
+    With ``tta="hflip"`` the returned logits are the log of the mean of the softmaxes over the
+    image and its horizontal mirror (costs a second pass); their softmax is that mean.
+    """
+    if tta not in TTA:
+        raise ValueError(f"tta: expected one of {TTA}, got {tta!r}")
+    seg, cls = _predict(model, x)
+    if tta == "none":
+        return seg, cls
+    seg_m, cls_m = _predict(model, x.flip(-1))
+    seg_p = (seg.softmax(1) + seg_m.flip(-1).softmax(1)) / 2
+    cls_p = (cls.softmax(1) + cls_m.softmax(1)) / 2
+    tiny = torch.finfo(seg_p.dtype).tiny
+    return seg_p.clamp_min(tiny).log(), cls_p.clamp_min(tiny).log()
+
+
+def _predict(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     sal = model.saliency(x)  # computes its input gradient internally
     seg = model.forward_seg(x, saliency=sal)
     features = seg.features if model.cfg.attention and seg.features else None
@@ -63,11 +85,15 @@ def evaluate(
     *,
     max_batches: int | None = None,
     keep_images: int = 0,
+    tta: str = "none",
 ) -> Evaluation:
     """Run the model over ``loader`` (batches with ``image``, ``mask``, ``label``) in eval mode
-    and compute :class:`~hermes.eval.metrics.MetricAccumulator` metrics. The RNG state is left
-    untouched (so evaluating inside a training run does not change it). The model's train/eval
-    mode is restored afterwards."""
+    and compute :class:`~hermes.eval.metrics.MetricAccumulator` metrics, with the test-time
+    augmentation ``tta`` (see :func:`predict_batch`). The RNG state is left untouched (so
+    evaluating inside a training run does not change it). The model's train/eval mode is
+    restored afterwards."""
+    if tta not in TTA:
+        raise ValueError(f"tta: expected one of {TTA}, got {tta!r}")
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -78,7 +104,7 @@ def evaluate(
             if max_batches is not None and i >= max_batches:
                 break
             x = batch["image"].to(device)
-            seg_logits, cls_logits = predict_batch(model, x)
+            seg_logits, cls_logits = predict_batch(model, x, tta)
             acc.update(seg_logits, batch["mask"], cls_logits, batch["label"])
             take = min(keep_images - len(out.images), len(x))
             if take > 0:

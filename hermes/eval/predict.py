@@ -81,9 +81,11 @@ def predict_folder(
     image_size: int,
     classes: tuple[str, ...],
     device: torch.device | str = "cpu",
+    tta: str = "none",
 ) -> Prediction:
     """Predict every image of ``folder``; write masks, ``predictions.csv`` and ``failed.csv``
-    into ``out`` (see the module docstring). An unreadable image is skipped and reported."""
+    into ``out`` (see the module docstring). An unreadable image is skipped and reported.
+    ``tta``: test-time augmentation (:func:`hermes.eval.evaluate.predict_batch`)."""
     from hermes.data import IMAGENET_MEAN, IMAGENET_STD, load_image
 
     out = Path(out)
@@ -121,7 +123,7 @@ def predict_folder(
                 align_corners=False,
             )
             x = ((x - mean) / std).to(device)
-            seg_logits, cls_logits = predict_batch(model, x)
+            seg_logits, cls_logits = predict_batch(model, x, tta)
             seg_logits = F.interpolate(
                 seg_logits, size=(h, w), mode="bilinear", align_corners=False
             )

@@ -22,6 +22,7 @@ import yaml
 
 from hermes.checks import require
 from hermes.data import DataConfig
+from hermes.eval.evaluate import TTA
 from hermes.eval.metrics import METRICS
 from hermes.method.config import MethodConfig
 from hermes.models import ModelConfig
@@ -98,12 +99,15 @@ class EvalConfig:
     """Periodic evaluation on the test split. ``every``: steps between evaluations (0: only at
     the end); ``best_metric``: the metric that selects ``best.pt`` (higher is better);
     ``max_batches``: cap on test batches per evaluation (``None``: all); ``figure_images``:
-    test images in the predicted-mask figure."""
+    test images in the predicted-mask figure; ``tta``: test-time augmentation, ``none`` or
+    ``hflip`` (the mean of the softmaxes over each image and its mirror image; twice the
+    evaluation's cost)."""
 
     every: int = 500
     best_metric: str = "dice_lesion"
     max_batches: int | None = None
     figure_images: int = 8
+    tta: str = "none"
 
     def __post_init__(self) -> None:
         require(self.every >= 0, "eval.every", "an int >= 0", self.every)
@@ -115,6 +119,7 @@ class EvalConfig:
                 self.max_batches >= 1, "eval.max_batches", "an int >= 1 or null", self.max_batches
             )
         require(self.figure_images >= 0, "eval.figure_images", "an int >= 0", self.figure_images)
+        require(self.tta in TTA, "eval.tta", f"one of {TTA}", self.tta)
 
 
 @dataclass

@@ -77,6 +77,7 @@ def run_evaluation(comps: Components, keep_images: int = 0) -> Evaluation:
         comps.device,
         max_batches=cfg.eval.max_batches,
         keep_images=keep_images,
+        tta=cfg.eval.tta,
     )
 
 

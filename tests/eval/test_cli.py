@@ -167,11 +167,11 @@ def test_predict_csv_is_written_row_by_row(trained: Path, tmp_path: Path, monkey
         Image.fromarray(np.full((32, 32), 80, np.uint8)).save(images / name)
     calls = []
 
-    def interrupted(model, x):
+    def interrupted(model, x, tta="none"):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(model, x)
+        return real(model, x, tta)
 
     real = predict.predict_batch
     monkeypatch.setattr(predict, "predict_batch", interrupted)
@@ -266,3 +266,19 @@ def test_evaluate_on_another_dataset_ignores_the_label_budget(
     )
     assert every.returncode == 0, every.stderr
     assert json.loads((tmp_path / "all.json").read_text())["images"] == 6
+
+
+def test_evaluate_cli_with_tta(trained: Path, tmp_path: Path) -> None:
+    plain, flipped = tmp_path / "plain.json", tmp_path / "flipped.json"
+    ckpt = str(trained / "hermes" / "last.pt")
+    assert evaluate_main([ckpt, "--out", str(plain)]) == 0
+    assert evaluate_main([ckpt, "--tta", "hflip", "--out", str(flipped)]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(flipped.read_text())
+    assert a["images"] == b["images"] > 0 and 0.0 <= b["dice_lesion"] <= 1.0
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 70), dtype=np.uint8)).save(images / "a.png")
+    out = tmp_path / "pred"
+    assert predict_main([ckpt, str(images), "--tta", "hflip", "--out", str(out)]) == 0
+    assert np.array(Image.open(out / "a_pred.png")).shape == (50, 70)
