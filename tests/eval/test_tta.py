@@ -12,19 +12,7 @@ from hermes.train.config import load_config
 
 def small_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = ModelConfig(
-        preset="small",
-        cls_widths=(8, 8, 16, 16),
-        cls_stem_width=8,
-        seg_widths=(8, 8, 16, 16),
-        seg_stem_width=8,
-        decoder_channels=(16, 8, 8, 8, 8),
-        embed_dim=16,
-        proj_hidden=16,
-        proj_dim=8,
-        consistency_dim=8,
-    )
-    return build_model(cfg).eval()
+    return build_model(ModelConfig(preset="small")).eval()
 
 
 def test_hflip_averages_the_image_and_its_mirror() -> None:
