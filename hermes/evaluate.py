@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hermes.eval.evaluate import (
-    TTA,
+    add_tta_argument,
     evaluate,
     evaluation_loader,
     format_metrics,
@@ -44,12 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batches", type=int, default=None)
     parser.add_argument("--out", help="write the metrics as JSON here")
-    parser.add_argument(
-        "--tta",
-        choices=TTA,
-        help="test-time augmentation: none, or hflip (each image and its mirror image, "
-        "softmaxes averaged); default: the checkpoint's eval.tta",
-    )
+    add_tta_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

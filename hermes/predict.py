@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from hermes.eval.evaluate import TTA
+from hermes.eval.evaluate import add_tta_argument
 from hermes.eval.predict import predict_folder
 from hermes.train.checkpoint import load_model
 
@@ -27,12 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", help="folder of images")
     parser.add_argument("--out", default="predictions", help="output folder")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument(
-        "--tta",
-        choices=TTA,
-        help="test-time augmentation: none, or hflip (each image and its mirror image, "
-        "softmaxes averaged); default: the checkpoint's eval.tta",
-    )
+    add_tta_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -13,6 +13,7 @@ images (AUC when they are all of one class) is printed as ``nan``, written as ``
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -35,6 +36,17 @@ logger = logging.getLogger(__name__)
 TTA = ("none", "hflip")
 """Test-time augmentation: ``none``, or ``hflip`` (the image and its mirror image, the mirror's
 masks flipped back, the two softmaxes averaged)."""
+
+
+def add_tta_argument(parser: argparse.ArgumentParser) -> None:
+    """``--tta`` of the command lines that predict from a checkpoint (``None``: the
+    checkpoint's ``eval.tta``)."""
+    parser.add_argument(
+        "--tta",
+        choices=TTA,
+        help="test-time augmentation: none, or hflip (each image and its mirror image, "
+        "softmaxes averaged); default: the checkpoint's eval.tta",
+    )
 
 
 @torch.no_grad()
