@@ -85,6 +85,16 @@ VARIANTS: dict[str, Variant] = {
             "Hermes, inter-task consistency training the classification branch",
             (("method.itc_trains", "cls"),),
         ),
+        Variant(
+            "dice_image",
+            "Hermes, Dice losses per image",
+            (("method.dice_reduction", "image"),),
+        ),
+        Variant(
+            "supervised_dice_image",
+            "supervised only, Dice loss per image",
+            (("method.mode", "supervised"), ("method.dice_reduction", "image")),
+        ),
         Variant("mean_teacher", "Mean Teacher", (("method.mode", "mean_teacher"),)),
         Variant("fixmatch", "FixMatch (threshold 0.95)", (("method.mode", "fixmatch"),)),
     )

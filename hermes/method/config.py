@@ -18,6 +18,7 @@ PSEUDO_LABELS = ("dual", "fixed")
 PIXEL_RELIABILITY = ("and", "authors")
 TEACHERS = ("student", "ema")
 ITC_TRAINS = ("seg", "cls", "both")
+DICE_REDUCTIONS = ("batch", "image")
 
 
 @dataclass
@@ -161,6 +162,11 @@ class MethodConfig:
             segmentation branch's embedding, with the term in ``L_cls``. ``"both"``: gradients
             into both branches. (The segmentation features entering the attention are detached
             by the model, ``model.detach_seg_features``.)
+        dice_reduction: how the segmentation Dice losses (the labeled one and ``Dice_u``) sum.
+            ``"batch"`` (the paper's): over every pixel of the batch, so that large lesions
+            outweigh small ones. ``"image"`` (not in the paper): per image, then the mean over
+            the images, which weighs every lesion alike as the per-image Dice of the
+            evaluation does.
         concat_views: run the weak and strong unlabeled views through each branch as one batch
             (BatchNorm sees both views together); ``False`` runs two forward passes.
         unlabeled_truth_stats: log the pseudo-label accuracy against the unlabeled stream's true
@@ -193,6 +199,7 @@ class MethodConfig:
     itc_every: int = 100
     itc_length: int = 40
     itc_trains: str = "seg"
+    dice_reduction: str = "batch"
     concat_views: bool = True
     unlabeled_truth_stats: bool = True
     freeze_bn_unlabeled: bool = False
@@ -223,6 +230,12 @@ class MethodConfig:
             "method.itc_trains",
             f"one of {ITC_TRAINS}",
             self.itc_trains,
+        )
+        require(
+            self.dice_reduction in DICE_REDUCTIONS,
+            "method.dice_reduction",
+            f"one of {DICE_REDUCTIONS}",
+            self.dice_reduction,
         )
         require(
             self.pixel_reliability in PIXEL_RELIABILITY,

@@ -48,12 +48,18 @@ def dice_loss(
     weight: Tensor | None = None,
     comm: Comm = _LOCAL,
     eps: float = DICE_EPS,
+    per_image: bool = False,
 ) -> Tensor:
-    """Lesion Dice loss over the whole batch (not per image).
+    """Lesion Dice loss, over the whole batch or per image.
 
     ``1 - (2 sum(p t) + eps) / (sum(p^2) + sum(t^2) + eps)`` with ``p`` the softmax of the
     lesion channel (index 1) and ``t = [target == 1]``; with ``weight`` (the reliable mask)
     both ``p`` and ``t`` are multiplied by it, i.e. the sums run over the weighted pixels only.
+    By default (the paper's) the sums run over every pixel of the global batch, so that large
+    lesions outweigh small ones; with ``per_image`` they run over each image's pixels and the
+    loss is the mean of the images' losses over the global batch, which weighs every image
+    alike (the metric the evaluation reports). An image with no lesion pixel (or no weighted
+    pixel) scores 0 when it predicts none and about 1 otherwise.
 
     Shapes:
         logits: (B, 2, H, W) (more classes: channel 1 is the lesion); target: (B, H, W) int64;
@@ -64,6 +70,11 @@ def dice_loss(
     if weight is not None:
         w = weight.float()
         p, t = p * w, t * w
+    if per_image:
+        inter = (p * t).flatten(1).sum(1)
+        union = (p * p + t * t).flatten(1).sum(1)
+        losses = 1.0 - (2.0 * inter + eps) / (union + eps)
+        return global_mean(losses.sum(), losses.numel(), comm)
     inter = global_sum((p * t).sum(), comm)
     union = global_sum((p * p).sum() + (t * t).sum(), comm)
     return 1.0 - (2.0 * inter + eps) / (union + eps)

@@ -134,7 +134,9 @@ class HermesMethod(nn.Module):
 
         # Labeled pass: attention in (IAS), as the public code.
         cls_l, seg_l = full_forward(self.model, x)
-        ce_l, seg_ce, seg_dice = supervised_terms(cls_l.logits, seg_l.logits, y, mask, comm)
+        ce_l, seg_ce, seg_dice = supervised_terms(
+            cls_l.logits, seg_l.logits, y, mask, comm, per_image=cfg.dice_reduction == "image"
+        )
         seg_sup = w.seg_ce * seg_ce + w.seg_dice * seg_dice
 
         eta_cls = entropy_threshold(step, total_steps, self.num_classes, cfg.eta_start)
@@ -163,7 +165,11 @@ class HermesMethod(nn.Module):
             dice_mask, contrast_mask = self._pixel_masks(pl_seg, eta_seg)
             if w.dice_u > 0:
                 dice_u = w.dice_u_scale * dice_loss(
-                    seg_u.strong.logits, pl_seg.labels, weight=dice_mask, comm=comm
+                    seg_u.strong.logits,
+                    pl_seg.labels,
+                    weight=dice_mask,
+                    comm=comm,
+                    per_image=cfg.dice_reduction == "image",
                 )
             if step >= cfg.warmup_steps and w.contrast_img > 0:
                 contrast_img = image_contrast(
@@ -326,12 +332,18 @@ def full_forward(model: nn.Module, x: Tensor) -> tuple[Any, Any]:
 
 
 def supervised_terms(
-    cls_logits: Tensor, seg_logits: Tensor, label: Tensor, mask: Tensor, comm: Comm
+    cls_logits: Tensor,
+    seg_logits: Tensor,
+    label: Tensor,
+    mask: Tensor,
+    comm: Comm,
+    per_image: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The labeled losses every method shares: ``(CE_l, segmentation CE, segmentation Dice)``
-    over the global batch."""
+    over the global batch (the Dice per image with ``per_image``, see :func:`dice_loss`)."""
     ce_l = cross_entropy_mean(cls_logits, label, comm)
-    return ce_l, cross_entropy_mean(seg_logits, mask, comm), dice_loss(seg_logits, mask, comm=comm)
+    seg_dice = dice_loss(seg_logits, mask, comm=comm, per_image=per_image)
+    return ce_l, cross_entropy_mean(seg_logits, mask, comm), seg_dice
 
 
 def pseudo_labels(

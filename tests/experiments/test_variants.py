@@ -45,6 +45,10 @@ def test_each_variant_changes_only_its_fields(tmp_path: Path) -> None:
     assert cfgs["warmup_unlabeled"].warmup_epochs == 10.0
     assert cfgs["warmup_unlabeled"].warmup_epochs_of == "unlabeled"
     assert cfgs["views_apart"].method.concat_views is False and base.method.concat_views
+    assert cfgs["dice_image"].method.dice_reduction == "image"
+    assert base.method.dice_reduction == "batch"
+    sup_image = cfgs["supervised_dice_image"].method
+    assert replace(sup_image, dice_reduction="batch") == cfgs["supervised"].method
     assert cfgs["mean_teacher"].method.mode == "mean_teacher"
     assert cfgs["fixmatch"].method.mode == "fixmatch"
     for name in ("mean_teacher", "fixmatch"):  # the baselines differ from Hermes in the mode only

@@ -197,3 +197,32 @@ def test_bad_baseline_config_names_the_field() -> None:
         FixMatchConfig(threshold=-0.1)
     with pytest.raises(ValueError, match="method.mean_teacher.weight_cls"):
         MeanTeacherConfig(weight_cls=math.nan)
+
+
+@pytest.mark.parametrize("mode", ["hermes", "supervised", "mean_teacher", "fixmatch"])
+def test_dice_reduction_reaches_every_method(mode: str) -> None:
+    """``dice_reduction: image`` turns the labeled Dice into the per-image mean in every mode
+    (and Hermes's Dice_u too); the other terms stay as they were."""
+    from hermes.method import dice_loss
+
+    labeled, unlabeled = batches()
+    logs = {}
+    for reduction in ("batch", "image"):
+        cfg = MethodConfig(
+            mode=mode, dice_reduction=reduction, tau_min=0.0, max_views=4, max_samples=32
+        )
+        torch.manual_seed(3)
+        model = tiny_model(decoder_dropout=0.0)
+        _, logs[reduction] = build_method(model, cfg)(labeled, unlabeled, step=0, total_steps=10)
+    with torch.no_grad():  # training mode, as in the step (batch statistics; no dropout)
+        _, seg = full_forward(model, labeled["image"])
+    mask = labeled["mask"].long()
+    per_image = dice_loss(seg.logits, mask, per_image=True)
+    assert logs["image"]["loss/seg_dice"].item() == pytest.approx(per_image.item(), rel=1e-5)
+    assert logs["batch"]["loss/seg_dice"].item() == pytest.approx(
+        dice_loss(seg.logits, mask).item(), rel=1e-5
+    )
+    assert logs["image"]["loss/seg_dice"].item() != logs["batch"]["loss/seg_dice"].item()
+    assert logs["image"]["loss/ce_l"].item() == logs["batch"]["loss/ce_l"].item()
+    if mode == "hermes":
+        assert logs["image"]["loss/dice_u"].item() != logs["batch"]["loss/dice_u"].item()

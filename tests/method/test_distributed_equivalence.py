@@ -45,6 +45,7 @@ def losses(x: dict[str, torch.Tensor], comm=None) -> dict[str, torch.Tensor]:
     return {
         "contrast": image_contrast(x["strong"], x["weak"], x["labels"], x["reliable"], **kw),
         "dice": dice_loss(x["seg"], x["mask"], weight=x["mask"] >= 0, **kw),
+        "dice_per_image": dice_loss(x["seg"], x["mask"], weight=x["keep"], per_image=True, **kw),
         "ce": cross_entropy_mean(x["cls"], x["labels"], **kw),
         # the baselines' terms: Mean Teacher's consistency, FixMatch's kept cross-entropies
         "mse_cls": softmax_mse(x["cls"], x["strong"][:, :2], **kw),

@@ -54,6 +54,30 @@ def test_dice_loss_by_hand() -> None:
     assert dice_loss(two, t2).item() == pytest.approx(expected_batch, rel=1e-6)
 
 
+def test_dice_loss_per_image_is_the_mean_of_the_images_losses() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 4, 5)
+    target = torch.zeros(3, 4, 5, dtype=torch.long)
+    target[0, :2, :2] = 1  # a small lesion
+    target[1, :, 1:] = 1  # a large one
+    # image 2 has no lesion: it scores 1 - eps / (sum(p^2) + eps), about 1
+    weight = torch.rand(3, 4, 5) > 0.3
+    for w in (None, weight):
+        each = [
+            dice_loss(logits[i : i + 1], target[i : i + 1], None if w is None else w[i : i + 1])
+            for i in range(3)
+        ]
+        per_image = dice_loss(logits, target, weight=w, per_image=True)
+        assert per_image.item() == pytest.approx(sum(e.item() for e in each) / 3, rel=1e-6)
+        # the batch Dice weighs the large lesion more: the two reductions differ
+        assert abs(per_image.item() - dice_loss(logits, target, weight=w).item()) > 1e-2
+    assert each[2].item() == pytest.approx(1.0, abs=1e-4)
+    # an image that predicts nothing where there is nothing scores 0
+    empty = torch.stack([torch.full((4, 5), 30.0), torch.full((4, 5), -30.0)])[None]
+    none = torch.zeros(1, 4, 5, dtype=torch.long)
+    assert dice_loss(empty, none, per_image=True).item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_cross_entropies_by_hand() -> None:
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     target = torch.tensor([0, 0, 1])

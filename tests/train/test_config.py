@@ -111,6 +111,13 @@ def test_a_stored_config_with_detach_junctions_loads(detach: bool, trains: str) 
     assert load_config(None, base=old).method.itc_trains == trains
 
 
+def test_dice_reduction_is_checked() -> None:
+    assert load_config("default").method.dice_reduction == "batch"
+    assert load_config("paper").method.dice_reduction == "batch"
+    with pytest.raises(ValueError, match="method.dice_reduction.*'batch', 'image'.*'pixel'"):
+        load_config("default", ["method.dice_reduction=pixel"])
+
+
 def test_itc_trains_is_checked() -> None:
     with pytest.raises(ValueError, match="method.itc_trains.*'seg', 'cls', 'both'.*'decoder'"):
         load_config("default", ["method.itc_trains=decoder"])
