@@ -58,8 +58,8 @@ def dice_loss(
     By default (the paper's) the sums run over every pixel of the global batch, so that large
     lesions outweigh small ones; with ``per_image`` they run over each image's pixels and the
     loss is the mean of the images' losses over the global batch, which weighs every image
-    alike (the metric the evaluation reports). An image with no lesion pixel (or no weighted
-    pixel) scores 0 when it predicts none and about 1 otherwise.
+    alike (the metric the evaluation reports). There an image without lesion pixels scores 0
+    when it predicts none and about 1 otherwise, and one without weighted pixels scores 0.
 
     Shapes:
         logits: (B, 2, H, W) (more classes: channel 1 is the lesion); target: (B, H, W) int64;
