@@ -210,6 +210,11 @@ class MethodConfig:
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
 
+    @property
+    def dice_per_image(self) -> bool:
+        """Whether the segmentation Dice losses are computed per image (``dice_reduction``)."""
+        return self.dice_reduction == "image"
+
     def __post_init__(self) -> None:
         require(self.mode in MODES, "method.mode", f"one of {MODES}", self.mode)
         require(

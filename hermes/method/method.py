@@ -135,7 +135,7 @@ class HermesMethod(nn.Module):
         # Labeled pass: attention in (IAS), as the public code.
         cls_l, seg_l = full_forward(self.model, x)
         ce_l, seg_ce, seg_dice = supervised_terms(
-            cls_l.logits, seg_l.logits, y, mask, comm, per_image=cfg.dice_reduction == "image"
+            cls_l.logits, seg_l.logits, y, mask, comm, per_image=cfg.dice_per_image
         )
         seg_sup = w.seg_ce * seg_ce + w.seg_dice * seg_dice
 
@@ -169,7 +169,7 @@ class HermesMethod(nn.Module):
                     pl_seg.labels,
                     weight=dice_mask,
                     comm=comm,
-                    per_image=cfg.dice_reduction == "image",
+                    per_image=cfg.dice_per_image,
                 )
             if step >= cfg.warmup_steps and w.contrast_img > 0:
                 contrast_img = image_contrast(
