@@ -81,6 +81,11 @@ VARIANTS: dict[str, Variant] = {
             (("method.teacher", "ema"),),
         ),
         Variant(
+            "dist_align",
+            "Hermes, class distribution alignment of the image pseudo-labels",
+            (("method.distribution_alignment", True),),
+        ),
+        Variant(
             "itc_cls",
             "Hermes, inter-task consistency training the classification branch",
             (("method.itc_trains", "cls"),),

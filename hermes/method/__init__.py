@@ -7,6 +7,7 @@ and the baselines beside it (Mean Teacher, FixMatch) with the same interface.
 >>> baseline = build_method(model, MethodConfig(mode="fixmatch"))   # or "mean_teacher"
 """
 
+from hermes.method.alignment import DistributionAlignment
 from hermes.method.baselines import FixMatchMethod, MeanTeacherMethod, build_method
 from hermes.method.config import (
     FixMatchConfig,
@@ -31,6 +32,7 @@ from hermes.method.schedules import consistency_weight, entropy_threshold, poly_
 
 __all__ = [
     "ClassQueues",
+    "DistributionAlignment",
     "FixMatchConfig",
     "FixMatchMethod",
     "HermesMethod",

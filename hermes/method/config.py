@@ -181,6 +181,12 @@ class MethodConfig:
             the weak view as at test time (saliency, attention); the student's own views still
             give the contrastive features. Costs one more forward pass of the weak view.
         teacher_decay: the EMA decay of ``teacher: ema``.
+        distribution_alignment: align the classification pseudo-labels' class distribution
+            with the labeled one before the dual thresholds (ReMixMatch's distribution
+            alignment, not in the paper): the unlabeled image's probabilities times the running
+            labeled class frequencies over the running mean unlabeled prediction, renormalised
+            (:class:`hermes.method.alignment.DistributionAlignment`).
+        alignment_momentum: the EMA decay of both running averages of the alignment.
     """
 
     mode: str = "hermes"
@@ -205,6 +211,8 @@ class MethodConfig:
     freeze_bn_unlabeled: bool = False
     teacher: str = "student"
     teacher_decay: float = 0.99
+    distribution_alignment: bool = False
+    alignment_momentum: float = 0.99
     weights: LossWeights = field(default_factory=LossWeights)
     memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
@@ -229,6 +237,20 @@ class MethodConfig:
             "method.teacher_decay",
             "a number in [0, 1]",
             self.teacher_decay,
+        )
+        require(
+            isinstance(self.distribution_alignment, bool),
+            "method.distribution_alignment",
+            "true or false",
+            self.distribution_alignment,
+        )
+        require(
+            isinstance(self.alignment_momentum, (int, float))
+            and not isinstance(self.alignment_momentum, bool)
+            and 0.0 <= self.alignment_momentum < 1.0,
+            "method.alignment_momentum",
+            "a number in [0, 1)",
+            self.alignment_momentum,
         )
         require(
             self.itc_trains in ITC_TRAINS,

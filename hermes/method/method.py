@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hermes.comm import Comm, LocalComm
+from hermes.method.alignment import DistributionAlignment
 from hermes.method.config import MethodConfig
 from hermes.method.contrast import IGNORE, image_contrast, pixel_contrast
 from hermes.method.losses import (
@@ -99,6 +100,12 @@ class HermesMethod(nn.Module):
         self.seg_classes: int = mcfg.seg_classes
         # the pseudo-label teacher (method.teacher: ema); part of the state dict when present
         self.teacher = frozen_copy(model) if self.cfg.teacher == "ema" else None
+        # the class-distribution alignment of the image pseudo-labels (buffers; when enabled)
+        self.alignment = (
+            DistributionAlignment(self.num_classes, self.cfg.alignment_momentum)
+            if self.cfg.distribution_alignment
+            else None
+        )
         memory = self.cfg.memory
         self.image_bank = (
             ClassQueues(self.num_classes, memory.size, mcfg.proj_dim) if memory.image else None
@@ -154,7 +161,11 @@ class HermesMethod(nn.Module):
             cls_w, seg_w = cls_u.weak, seg_u.weak
             if self.teacher is not None:
                 cls_w, seg_w = self._teacher_forward(self.teacher, unlabeled["weak"], step, logs)
-            pl_cls = self._pseudo_label(cls_w.logits, eta_cls)
+            cls_source = cls_w.logits
+            if self.alignment is not None:
+                cls_source = self.alignment(cls_source.detach(), y, comm)
+                log_alignment(logs, self.alignment)
+            pl_cls = self._pseudo_label(cls_source, eta_cls)
             pl_seg = self._pseudo_label(seg_w.logits, eta_seg)
             log_unlabeled_pseudo(logs, pl_cls, pl_seg, unlabeled, comm, cfg.unlabeled_truth_stats)
 
@@ -382,6 +393,13 @@ def log_unlabeled_pseudo(
             log_truth(logs, "cls", pl_cls, unlabeled["label"].long(), "unlabeled", comm)
         if "mask" in unlabeled:
             log_truth(logs, "seg", pl_seg, unlabeled["mask"].long(), "unlabeled", comm)
+
+
+def log_alignment(logs: dict[str, Tensor], alignment: DistributionAlignment) -> None:
+    """The alignment's running averages: labeled class frequencies and mean prediction."""
+    for c in range(alignment.num_classes):
+        logs[f"pseudo_cls/align_target_{c}"] = alignment.target[c].detach()
+        logs[f"pseudo_cls/align_source_{c}"] = alignment.source[c].detach()
 
 
 def log_pseudo(logs: dict[str, Tensor], task: str, out: DualThresholdOutput) -> None:

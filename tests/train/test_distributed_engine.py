@@ -169,6 +169,7 @@ def _method_banks(rank: int) -> dict[str, torch.Tensor]:
         tau_min=0.0,
         eta_start=1.0,
         memory=MemoryBankConfig(image=True, pixel=True, size=8),
+        distribution_alignment=True,
     )
     torch.manual_seed(0)
     model = build_model(cfg.model)
@@ -193,7 +194,11 @@ def _method_banks(rank: int) -> dict[str, torch.Tensor]:
         loss, _ = engine(labeled, unlabeled, step=step, total_steps=10)
         engine.backward(loss)
         engine.step()
-    return {k: v.clone() for k, v in method.state_dict().items() if "_bank." in k}
+    return {
+        k: v.clone()
+        for k, v in method.state_dict().items()
+        if "_bank." in k or k.startswith("alignment.")
+    }
 
 
 def _baselines(rank: int) -> dict[str, torch.Tensor]:
@@ -294,11 +299,14 @@ def test_deepspeed_bf16_is_close(ranks):
 
 
 @pytest.mark.dist
-def test_memory_banks_identical_on_every_rank(ranks):
+def test_memory_banks_and_alignment_identical_on_every_rank(ranks):
     a, b = ranks[0]["banks"], ranks[1]["banks"]
     assert a, "the method has no memory bank buffers"
     counts = [v for k, v in a.items() if k.endswith("count")]
     assert counts and all(int(c.sum()) > 0 for c in counts), counts  # something was enqueued
+    # the class-distribution alignment averaged both ranks' (different) images, twice
+    assert a["alignment.updates"].item() == 2
+    assert not torch.equal(a["alignment.source"], torch.full((2,), 0.5))
     for key in a:
         assert torch.equal(a[key], b[key]), key
 

@@ -1,0 +1,95 @@
+"""Distribution alignment of the classification pseudo-labels (``method.distribution_alignment``).
+
+ReMixMatch's alignment (Berthelot et al., 2020): the class probabilities ``p`` of an unlabeled
+image are multiplied by the ratio of the labeled class frequencies ``pi`` to the running mean
+``p_bar`` of the predictions on unlabeled images, then renormalised,
+
+    p~ = normalise(p * pi / p_bar),
+
+so that, averaged over the unlabeled stream, the pseudo-labels' class distribution follows the
+labeled one instead of drifting towards the class the network already favours. ``pi`` and
+``p_bar`` are exponential moving averages over the global batches (every rank all-reduces the
+same sums, so every rank holds the same buffers); they are buffers of the module, so they
+travel with ``state_dict`` (checkpoints) and a resumed run continues them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hermes.comm import Comm
+
+
+class DistributionAlignment(nn.Module):
+    """Running class frequencies of the labeled stream and running mean prediction of the
+    unlabeled stream, and the alignment of one batch of unlabeled logits.
+
+    Args:
+        num_classes: ``C``.
+        momentum: the EMA decay ``a`` of both averages. The labeled frequencies start uniform
+            and move by ``a`` from the first batch (one labeled batch may hold a single class:
+            it must not zero the others' probabilities); the mean prediction uses
+            ``min(1 - 1 / (n + 1), a)`` after ``n`` updates, so the first batch sets it.
+    """
+
+    def __init__(self, num_classes: int, momentum: float = 0.99) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"DistributionAlignment: num_classes must be >= 2, got {num_classes}")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"DistributionAlignment: momentum must be in [0, 1), got {momentum}")
+        self.num_classes, self.momentum = num_classes, momentum
+        uniform = torch.full((num_classes,), 1.0 / num_classes)
+        self.register_buffer("target", uniform.clone())  # pi: labeled class frequencies
+        self.register_buffer("source", uniform.clone())  # p_bar: mean unlabeled prediction
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def forward(self, logits: Tensor, labels: Tensor, comm: Comm | None = None) -> Tensor:
+        """Update the averages with this step's batches and return the aligned log-probabilities
+        of ``logits``.
+
+        Args:
+            logits: (N, C) unlabeled classification logits (the pseudo-label source).
+            labels: (M,) int64 labels of the labeled batch (entries outside ``[0, C)`` are
+                skipped).
+            comm: sums over the ranks of data parallelism (``None``: one process).
+
+        Returns:
+            (N, C) float32 ``log p~``: ``softmax`` of it is the aligned distribution, so it can
+            stand in for the logits wherever they are turned into probabilities.
+        """
+        c = self.num_classes
+        if logits.dim() != 2 or logits.shape[1] != c:
+            raise ValueError(
+                f"DistributionAlignment: logits must be (N, {c}), got {tuple(logits.shape)}"
+            )
+        p = F.softmax(logits.float(), dim=1)
+        labels = labels.long()
+        in_range = (labels >= 0) & (labels < c)
+        counts = F.one_hot(labels.clamp(0, c - 1), c).float() * in_range[:, None]
+        sums = torch.cat(
+            [
+                p.sum(0),
+                counts.sum(0),
+                torch.stack([p.new_tensor(float(p.shape[0])), in_range.sum().float()]),
+            ]
+        )
+        if comm is not None and comm.world_size > 1:
+            sums = comm.all_reduce_sum(sums)
+        p_sum, y_sum, n = sums[:c], sums[c : 2 * c], sums[2 * c :]
+        a = torch.clamp(1.0 - 1.0 / (self.updates.float() + 1.0), max=self.momentum)
+        b = self.momentum
+        # a batch without entries leaves its average where it is
+        source = a * self.source + (1 - a) * p_sum / n[0].clamp(min=1)
+        target = b * self.target + (1 - b) * y_sum / n[1].clamp(min=1)
+        source = torch.where(n[0] > 0, source, self.source)
+        target = torch.where(n[1] > 0, target, self.target)
+        self.source.copy_(source)
+        self.target.copy_(target)
+        self.updates.add_(1)
+        aligned = p * (self.target / self.source.clamp(min=1e-6))
+        aligned = aligned / aligned.sum(1, keepdim=True).clamp(min=1e-12)
+        return aligned.clamp(min=1e-12).log()
