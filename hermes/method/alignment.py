@@ -7,7 +7,11 @@ image are multiplied by the ratio of the labeled class frequencies ``pi`` to the
     p~ = normalise(p * pi / p_bar),
 
 so that, averaged over the unlabeled stream, the pseudo-labels' class distribution follows the
-labeled one instead of drifting towards the class the network already favours. ``pi`` and
+labeled one instead of drifting towards the class the network already favours. ``pi`` can
+instead be given: the class frequencies the user knows of the unlabeled images (a dataset's
+published composition), for when the labeled images were not drawn at those frequencies (a
+class-balanced labeled subset of an unbalanced dataset), which a network trained on them
+carries into its predictions. ``pi`` (when not given) and
 ``p_bar`` are exponential moving averages over the global batches (every rank all-reduces the
 same sums, so every rank holds the same buffers); they are buffers of the module, so they
 travel with ``state_dict`` (checkpoints) and a resumed run continues them.
@@ -32,17 +36,33 @@ class DistributionAlignment(nn.Module):
             and move by ``a`` from the first batch (one labeled batch may hold a single class:
             it must not zero the others' probabilities); the mean prediction uses
             ``min(1 - 1 / (n + 1), a)`` after ``n`` updates, so the first batch sets it.
+        target: fixed class frequencies ``pi`` (``C`` positive numbers, normalised here);
+            ``None``: the running labeled frequencies.
     """
 
-    def __init__(self, num_classes: int, momentum: float = 0.99) -> None:
+    def __init__(
+        self, num_classes: int, momentum: float = 0.99, target: tuple[float, ...] | None = None
+    ) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"DistributionAlignment: num_classes must be >= 2, got {num_classes}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"DistributionAlignment: momentum must be in [0, 1), got {momentum}")
+        if target is not None and (
+            len(target) != num_classes or not all(float(t) > 0 for t in target)
+        ):
+            raise ValueError(
+                f"DistributionAlignment: target must be {num_classes} positive class "
+                f"frequencies, got {list(target)}"
+            )
         self.num_classes, self.momentum = num_classes, momentum
+        self.fixed_target = target is not None
         uniform = torch.full((num_classes,), 1.0 / num_classes)
-        self.register_buffer("target", uniform.clone())  # pi: labeled class frequencies
+        pi = uniform
+        if target is not None:
+            pi = torch.tensor([float(t) for t in target])
+            pi = pi / pi.sum()
+        self.register_buffer("target", pi.clone())  # pi: class frequencies to follow
         self.register_buffer("source", uniform.clone())  # p_bar: mean unlabeled prediction
         self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
 
@@ -88,7 +108,8 @@ class DistributionAlignment(nn.Module):
         source = torch.where(n[0] > 0, source, self.source)
         target = torch.where(n[1] > 0, target, self.target)
         self.source.copy_(source)
-        self.target.copy_(target)
+        if not self.fixed_target:
+            self.target.copy_(target)
         self.updates.add_(1)
         aligned = p * (self.target / self.source.clamp(min=1e-6))
         aligned = aligned / aligned.sum(1, keepdim=True).clamp(min=1e-12)

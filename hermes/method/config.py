@@ -187,6 +187,11 @@ class MethodConfig:
             labeled class frequencies over the running mean unlabeled prediction, renormalised
             (:class:`hermes.method.alignment.DistributionAlignment`).
         alignment_momentum: the EMA decay of both running averages of the alignment.
+        alignment_target: the class frequencies the aligned pseudo-labels follow: ``None``
+            (ReMixMatch's), the running frequencies of the labeled batches; or one positive
+            number per class (normalised), the unlabeled images' known class frequencies,
+            e.g. a dataset's published composition when the labeled images were drawn
+            class-balanced from an unbalanced dataset.
     """
 
     mode: str = "hermes"
@@ -213,6 +218,7 @@ class MethodConfig:
     teacher_decay: float = 0.99
     distribution_alignment: bool = False
     alignment_momentum: float = 0.99
+    alignment_target: tuple[float, ...] | None = None
     weights: LossWeights = field(default_factory=LossWeights)
     memory: MemoryBankConfig = field(default_factory=MemoryBankConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
@@ -252,6 +258,19 @@ class MethodConfig:
             "a number in [0, 1)",
             self.alignment_momentum,
         )
+        if self.alignment_target is not None:
+            target = self.alignment_target
+            require(
+                isinstance(target, (list, tuple))
+                and len(target) >= 2
+                and all(
+                    isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0
+                    for t in target
+                ),
+                "method.alignment_target",
+                "null or a list of one positive class frequency per class",
+                target,
+            )
         require(
             self.itc_trains in ITC_TRAINS,
             "method.itc_trains",

@@ -102,7 +102,9 @@ class HermesMethod(nn.Module):
         self.teacher = frozen_copy(model) if self.cfg.teacher == "ema" else None
         # the class-distribution alignment of the image pseudo-labels (buffers; when enabled)
         self.alignment = (
-            DistributionAlignment(self.num_classes, self.cfg.alignment_momentum)
+            DistributionAlignment(
+                self.num_classes, self.cfg.alignment_momentum, self.cfg.alignment_target
+            )
             if self.cfg.distribution_alignment
             else None
         )

@@ -208,6 +208,14 @@ class TrainConfig:
         require(classes in (2, 3), "data.classes", "2 or 3 classes", self.data.classes)
         if self.model.num_classes != classes:
             self.model = dataclasses.replace(self.model, num_classes=classes)
+        target = self.method.alignment_target
+        if target is not None:
+            require(
+                len(target) == classes,
+                "method.alignment_target",
+                f"one frequency per class of data.classes {list(self.data.classes)}",
+                list(target),
+            )
         require(self.device in DEVICES, "device", f"one of {DEVICES}", self.device)
         require(self.backend in BACKENDS, "backend", f"one of {BACKENDS}", self.backend)
         size = self.data.image_size

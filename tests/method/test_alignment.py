@@ -96,8 +96,36 @@ def test_hermes_aligns_its_image_pseudo_labels_when_asked():
     assert 0.0 < logs[True]["pseudo_cls/label_fraction_1"].item() < 1.0
 
 
+def test_a_given_target_stays_and_the_pseudo_labels_follow_it():
+    align = DistributionAlignment(2, momentum=0.0, target=(2.0, 1.0))  # normalised: 2/3, 1/3
+    p = torch.tensor([[0.5, 0.5], [0.4, 0.6], [0.6, 0.4]])  # mean prediction (0.5, 0.5)
+    out = align(p.log(), torch.tensor([1, 1, 1, 1]))  # all-malignant labeled batch: ignored
+    torch.testing.assert_close(align.target, torch.tensor([2 / 3, 1 / 3]))
+    q = p * torch.tensor([(2 / 3) / 0.5, (1 / 3) / 0.5])
+    torch.testing.assert_close(out.exp(), q / q.sum(1, keepdim=True))
+    # the borderline image (0.4, 0.6) now leans to class 0
+    assert out.exp()[1, 0] > 0.5
+    with pytest.raises(ValueError, match="target must be 2 positive"):
+        DistributionAlignment(2, target=(1.0, 0.0))
+    with pytest.raises(ValueError, match="target must be 2 positive"):
+        DistributionAlignment(2, target=(1.0, 1.0, 1.0))
+
+
 def test_bad_alignment_settings_name_the_field():
     with pytest.raises(ValueError, match="method.distribution_alignment"):
         MethodConfig(distribution_alignment="yes")
     with pytest.raises(ValueError, match="method.alignment_momentum"):
         MethodConfig(alignment_momentum=1.0)
+    for bad in ((1.0,), (0.5, -0.5), (0.5, True)):
+        with pytest.raises(ValueError, match="method.alignment_target"):
+            MethodConfig(alignment_target=bad)
+    MethodConfig(alignment_target=(0.675, 0.325))
+
+
+def test_the_target_has_one_frequency_per_data_class():
+    from hermes.train.config import load_config
+
+    cfg = load_config("default", ["method.alignment_target=[0.675, 0.325]"])
+    assert cfg.method.alignment_target == (0.675, 0.325)
+    with pytest.raises(ValueError, match=r"method.alignment_target.*data.classes"):
+        load_config("default", ["method.alignment_target=[0.2, 0.3, 0.5]"])
