@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hermes.comm import Comm
+from hermes.method.losses import global_sum
 
 
 class DistributionAlignment(nn.Module):
@@ -87,29 +88,21 @@ class DistributionAlignment(nn.Module):
                 f"DistributionAlignment: logits must be (N, {c}), got {tuple(logits.shape)}"
             )
         p = F.softmax(logits.float(), dim=1)
-        labels = labels.long()
-        in_range = (labels >= 0) & (labels < c)
-        counts = F.one_hot(labels.clamp(0, c - 1), c).float() * in_range[:, None]
-        sums = torch.cat(
-            [
-                p.sum(0),
-                counts.sum(0),
-                torch.stack([p.new_tensor(float(p.shape[0])), in_range.sum().float()]),
-            ]
-        )
-        if comm is not None and comm.world_size > 1:
-            sums = comm.all_reduce_sum(sums)
-        p_sum, y_sum, n = sums[:c], sums[c : 2 * c], sums[2 * c :]
-        a = torch.clamp(1.0 - 1.0 / (self.updates.float() + 1.0), max=self.momentum)
-        b = self.momentum
+        # labels outside [0, C) match no class and are not counted
+        counts = (labels.long()[:, None] == torch.arange(c, device=labels.device)).sum(0)
+        sums = torch.cat([p.sum(0), counts.float()])
+        if comm is not None:
+            sums = global_sum(sums, comm)
+        p_sum, y_sum = sums[:c], sums[c:]
+        n_u, n_l = p_sum.sum(), y_sum.sum()  # each row of p sums to 1
         # a batch without entries leaves its average where it is
-        source = a * self.source + (1 - a) * p_sum / n[0].clamp(min=1)
-        target = b * self.target + (1 - b) * y_sum / n[1].clamp(min=1)
-        source = torch.where(n[0] > 0, source, self.source)
-        target = torch.where(n[1] > 0, target, self.target)
-        self.source.copy_(source)
+        a = torch.clamp(1.0 - 1.0 / (self.updates.float() + 1.0), max=self.momentum)
+        source = a * self.source + (1 - a) * p_sum / n_u.clamp(min=1)
+        self.source.copy_(torch.where(n_u > 0, source, self.source))
         if not self.fixed_target:
-            self.target.copy_(target)
+            b = self.momentum
+            target = b * self.target + (1 - b) * y_sum / n_l.clamp(min=1)
+            self.target.copy_(torch.where(n_l > 0, target, self.target))
         self.updates.add_(1)
         aligned = p * (self.target / self.source.clamp(min=1e-6))
         aligned = aligned / aligned.sum(1, keepdim=True).clamp(min=1e-12)

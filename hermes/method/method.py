@@ -165,7 +165,7 @@ class HermesMethod(nn.Module):
                 cls_w, seg_w = self._teacher_forward(self.teacher, unlabeled["weak"], step, logs)
             cls_source = cls_w.logits
             if self.alignment is not None:
-                cls_source = self.alignment(cls_source.detach(), y, comm)
+                cls_source = self.alignment(cls_source, y, comm)
                 log_alignment(logs, self.alignment)
             pl_cls = self._pseudo_label(cls_source, eta_cls)
             pl_seg = self._pseudo_label(seg_w.logits, eta_seg)
