@@ -91,6 +91,16 @@ VARIANTS: dict[str, Variant] = {
             (("method.itc_trains", "cls"),),
         ),
         Variant(
+            "label_smooth",
+            "Hermes, labeled image labels smoothed by 0.1",
+            (("method.label_smoothing", 0.1),),
+        ),
+        Variant(
+            "supervised_label_smooth",
+            "supervised only, labeled image labels smoothed by 0.1",
+            (("method.mode", "supervised"), ("method.label_smoothing", 0.1)),
+        ),
+        Variant(
             "dice_image",
             "Hermes, Dice losses per image",
             (("method.dice_reduction", "image"),),

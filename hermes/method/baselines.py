@@ -70,7 +70,13 @@ class _Baseline(nn.Module):
         x, mask, y = labeled["image"], labeled["mask"].long(), labeled["label"].long()
         cls_l, seg_l = full_forward(self.model, x)
         ce_l, seg_ce, seg_dice = supervised_terms(
-            cls_l.logits, seg_l.logits, y, mask, comm, per_image=self.cfg.dice_per_image
+            cls_l.logits,
+            seg_l.logits,
+            y,
+            mask,
+            comm,
+            per_image=self.cfg.dice_per_image,
+            label_smoothing=self.cfg.label_smoothing,
         )
         seg_sup = w.seg_ce * seg_ce + w.seg_dice * seg_dice
 

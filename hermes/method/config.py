@@ -167,6 +167,12 @@ class MethodConfig:
             outweigh small ones. ``"image"`` (not in the paper): per image, then the mean over
             the images, which weighs every lesion alike as the per-image Dice of the
             evaluation does.
+        label_smoothing: the labeled classification cross-entropy ``CE_l`` against smoothed
+            labels, ``1 - s`` on the true class plus ``s / C`` on every class (Szegedy et al.,
+            2016; not in the paper, 0 there), in every mode: a classifier fitted to a few
+            dozen images otherwise drives its labeled loss to zero and its confidence on
+            unlabeled images to one, right or wrong, the confidence the pseudo-label thresholds
+            read.
         concat_views: run the weak and strong unlabeled views through each branch as one batch
             (BatchNorm sees both views together); ``False`` runs two forward passes.
         unlabeled_truth_stats: log the pseudo-label accuracy against the unlabeled stream's true
@@ -211,6 +217,7 @@ class MethodConfig:
     itc_length: int = 40
     itc_trains: str = "seg"
     dice_reduction: str = "batch"
+    label_smoothing: float = 0.0
     concat_views: bool = True
     unlabeled_truth_stats: bool = True
     freeze_bn_unlabeled: bool = False
@@ -288,6 +295,14 @@ class MethodConfig:
             "method.pixel_reliability",
             f"one of {PIXEL_RELIABILITY}",
             self.pixel_reliability,
+        )
+        require(
+            isinstance(self.label_smoothing, (int, float))
+            and not isinstance(self.label_smoothing, bool)
+            and 0.0 <= self.label_smoothing < 1.0,
+            "method.label_smoothing",
+            "a number in [0, 1)",
+            self.label_smoothing,
         )
         for name in ("fixed_threshold", "tau_max", "tau_min", "eta_start"):
             value = getattr(self, name)

@@ -80,12 +80,16 @@ def dice_loss(
     return 1.0 - (2.0 * inter + eps) / (union + eps)
 
 
-def cross_entropy_mean(logits: Tensor, target: Tensor, comm: Comm = _LOCAL) -> Tensor:
-    """Mean cross-entropy over every sample (or pixel) of the global batch.
+def cross_entropy_mean(
+    logits: Tensor, target: Tensor, comm: Comm = _LOCAL, label_smoothing: float = 0.0
+) -> Tensor:
+    """Mean cross-entropy over every sample (or pixel) of the global batch, against the target
+    class smoothed by ``label_smoothing`` (``1 - s`` on the class plus ``s / C`` everywhere, as
+    :func:`torch.nn.functional.cross_entropy`).
 
     Shapes: logits (B, C) or (B, C, H, W); target (B,) or (B, H, W) int64. Returns 0-dim fp32.
     """
-    ce = F.cross_entropy(logits.float(), target, reduction="sum")
+    ce = F.cross_entropy(logits.float(), target, reduction="sum", label_smoothing=label_smoothing)
     return global_mean(ce, target.numel(), comm)
 
 

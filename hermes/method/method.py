@@ -144,7 +144,13 @@ class HermesMethod(nn.Module):
         # Labeled pass: attention in (IAS), as the public code.
         cls_l, seg_l = full_forward(self.model, x)
         ce_l, seg_ce, seg_dice = supervised_terms(
-            cls_l.logits, seg_l.logits, y, mask, comm, per_image=cfg.dice_per_image
+            cls_l.logits,
+            seg_l.logits,
+            y,
+            mask,
+            comm,
+            per_image=cfg.dice_per_image,
+            label_smoothing=cfg.label_smoothing,
         )
         seg_sup = w.seg_ce * seg_ce + w.seg_dice * seg_dice
 
@@ -351,10 +357,12 @@ def supervised_terms(
     mask: Tensor,
     comm: Comm,
     per_image: bool = False,
+    label_smoothing: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The labeled losses every method shares: ``(CE_l, segmentation CE, segmentation Dice)``
-    over the global batch (the Dice per image with ``per_image``, see :func:`dice_loss`)."""
-    ce_l = cross_entropy_mean(cls_logits, label, comm)
+    over the global batch (the Dice per image with ``per_image``, see :func:`dice_loss`; the
+    image labels of ``CE_l`` smoothed by ``label_smoothing``)."""
+    ce_l = cross_entropy_mean(cls_logits, label, comm, label_smoothing)
     seg_dice = dice_loss(seg_logits, mask, comm=comm, per_image=per_image)
     return ce_l, cross_entropy_mean(seg_logits, mask, comm), seg_dice
 

@@ -49,6 +49,10 @@ def test_each_variant_changes_only_its_fields(tmp_path: Path) -> None:
     assert base.method.dice_reduction == "batch"
     sup_image = cfgs["supervised_dice_image"].method
     assert replace(sup_image, dice_reduction="batch") == cfgs["supervised"].method
+    assert cfgs["label_smooth"].method.label_smoothing == 0.1
+    assert base.method.label_smoothing == 0.0
+    sup_smooth = cfgs["supervised_label_smooth"].method
+    assert replace(sup_smooth, label_smoothing=0.0) == cfgs["supervised"].method
     assert cfgs["mean_teacher"].method.mode == "mean_teacher"
     assert cfgs["fixmatch"].method.mode == "fixmatch"
     for name in ("mean_teacher", "fixmatch"):  # the baselines differ from Hermes in the mode only

@@ -226,3 +226,28 @@ def test_dice_reduction_reaches_every_method(mode: str) -> None:
     assert logs["image"]["loss/ce_l"].item() == logs["batch"]["loss/ce_l"].item()
     if mode == "hermes":
         assert logs["image"]["loss/dice_u"].item() != logs["batch"]["loss/dice_u"].item()
+
+
+@pytest.mark.parametrize("mode", ["hermes", "supervised", "mean_teacher", "fixmatch"])
+def test_label_smoothing_reaches_every_method(mode: str) -> None:
+    """``label_smoothing`` smooths the labeled classification cross-entropy in every mode and
+    nothing else: the segmentation terms are those without it."""
+    labeled, unlabeled = batches()
+    logs = {}
+    for smoothing in (0.0, 0.3):
+        cfg = MethodConfig(
+            mode=mode, label_smoothing=smoothing, tau_min=0.0, max_views=4, max_samples=32
+        )
+        torch.manual_seed(3)
+        model = tiny_model(decoder_dropout=0.0)
+        _, logs[smoothing] = build_method(model, cfg)(labeled, unlabeled, step=0, total_steps=10)
+    with torch.no_grad():  # training mode, as in the step (batch statistics; no dropout)
+        cls, _ = full_forward(model, labeled["image"])
+    y = labeled["label"].long()
+    expected = F.cross_entropy(cls.logits, y, label_smoothing=0.3)
+    assert logs[0.3]["loss/ce_l"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logs[0.0]["loss/ce_l"].item() == pytest.approx(
+        F.cross_entropy(cls.logits, y).item(), rel=1e-5
+    )
+    assert logs[0.3]["loss/ce_l"].item() != logs[0.0]["loss/ce_l"].item()
+    assert logs[0.3]["loss/seg_sup"].item() == logs[0.0]["loss/seg_sup"].item()

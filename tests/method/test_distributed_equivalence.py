@@ -47,6 +47,7 @@ def losses(x: dict[str, torch.Tensor], comm=None) -> dict[str, torch.Tensor]:
         "dice": dice_loss(x["seg"], x["mask"], weight=x["mask"] >= 0, **kw),
         "dice_per_image": dice_loss(x["seg"], x["mask"], weight=x["keep"], per_image=True, **kw),
         "ce": cross_entropy_mean(x["cls"], x["labels"], **kw),
+        "ce_smooth": cross_entropy_mean(x["cls"], x["labels"], label_smoothing=0.1, **kw),
         # the baselines' terms: Mean Teacher's consistency, FixMatch's kept cross-entropies
         "mse_cls": softmax_mse(x["cls"], x["strong"][:, :2], **kw),
         "mse_seg": softmax_mse(x["seg"], x["seg"].flip(1) * 0.5, **kw),

@@ -83,6 +83,16 @@ def test_cross_entropies_by_hand() -> None:
     target = torch.tensor([0, 0, 1])
     ce = [-math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(1 / (1 + math.e)), math.log(2)]
     assert cross_entropy_mean(logits, target).item() == pytest.approx(sum(ce) / 3, rel=1e-6)
+    # smoothed labels: 1 - s + s / C on the target, s / C on the other class
+    s = 0.2
+    logp = torch.log_softmax(logits, dim=1)
+    smooth = [
+        -((1 - s + s / 2) * logp[i, t] + (s / 2) * logp[i, 1 - t]).item()
+        for i, t in enumerate(target.tolist())
+    ]
+    assert cross_entropy_mean(logits, target, label_smoothing=s).item() == pytest.approx(
+        sum(smooth) / 3, rel=1e-6
+    )
     mask = torch.tensor([True, False, True])
     # masked entries count as zero; the mean is over the whole batch
     assert masked_cross_entropy(logits, target, mask).item() == pytest.approx(

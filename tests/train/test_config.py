@@ -118,6 +118,17 @@ def test_dice_reduction_is_checked() -> None:
         load_config("default", ["method.dice_reduction=pixel"])
 
 
+def test_label_smoothing_is_checked() -> None:
+    assert load_config("default").method.label_smoothing == 0.0
+    assert load_config("paper").method.label_smoothing == 0.0
+    assert load_config("default", ["method.label_smoothing=0.1"]).method.label_smoothing == 0.1
+    for bad in ("1.0", "-0.1"):
+        with pytest.raises(ValueError, match=r"method.label_smoothing.*\[0, 1\).*" + bad):
+            load_config("default", [f"method.label_smoothing={bad}"])
+    with pytest.raises(ValueError, match="method.label_smoothing.*a number.*True"):
+        load_config("default", ["method.label_smoothing=true"])
+
+
 def test_itc_trains_is_checked() -> None:
     with pytest.raises(ValueError, match="method.itc_trains.*'seg', 'cls', 'both'.*'decoder'"):
         load_config("default", ["method.itc_trains=decoder"])
