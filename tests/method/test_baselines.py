@@ -199,23 +199,29 @@ def test_bad_baseline_config_names_the_field() -> None:
         MeanTeacherConfig(weight_cls=math.nan)
 
 
+def _one_step_per_setting(mode: str, field: str, values: tuple) -> tuple:
+    """The logs of one step of ``mode`` from the same initial weights for each value of the
+    ``MethodConfig`` field, and the labeled batch with the networks' outputs on it (training
+    mode, as in the step: batch statistics; no dropout)."""
+    labeled, unlabeled = batches()
+    logs = {}
+    for value in values:
+        cfg = MethodConfig(mode=mode, tau_min=0.0, max_views=4, max_samples=32, **{field: value})
+        torch.manual_seed(3)
+        model = tiny_model(decoder_dropout=0.0)
+        _, logs[value] = build_method(model, cfg)(labeled, unlabeled, step=0, total_steps=10)
+    with torch.no_grad():
+        outputs = full_forward(model, labeled["image"])
+    return labeled, logs, outputs
+
+
 @pytest.mark.parametrize("mode", ["hermes", "supervised", "mean_teacher", "fixmatch"])
 def test_dice_reduction_reaches_every_method(mode: str) -> None:
     """``dice_reduction: image`` turns the labeled Dice into the per-image mean in every mode
     (and Hermes's Dice_u too); the other terms stay as they were."""
     from hermes.method import dice_loss
 
-    labeled, unlabeled = batches()
-    logs = {}
-    for reduction in ("batch", "image"):
-        cfg = MethodConfig(
-            mode=mode, dice_reduction=reduction, tau_min=0.0, max_views=4, max_samples=32
-        )
-        torch.manual_seed(3)
-        model = tiny_model(decoder_dropout=0.0)
-        _, logs[reduction] = build_method(model, cfg)(labeled, unlabeled, step=0, total_steps=10)
-    with torch.no_grad():  # training mode, as in the step (batch statistics; no dropout)
-        _, seg = full_forward(model, labeled["image"])
+    labeled, logs, (_, seg) = _one_step_per_setting(mode, "dice_reduction", ("batch", "image"))
     mask = labeled["mask"].long()
     per_image = dice_loss(seg.logits, mask, per_image=True)
     assert logs["image"]["loss/seg_dice"].item() == pytest.approx(per_image.item(), rel=1e-5)
@@ -232,17 +238,7 @@ def test_dice_reduction_reaches_every_method(mode: str) -> None:
 def test_label_smoothing_reaches_every_method(mode: str) -> None:
     """``label_smoothing`` smooths the labeled classification cross-entropy in every mode and
     nothing else: the segmentation terms are those without it."""
-    labeled, unlabeled = batches()
-    logs = {}
-    for smoothing in (0.0, 0.3):
-        cfg = MethodConfig(
-            mode=mode, label_smoothing=smoothing, tau_min=0.0, max_views=4, max_samples=32
-        )
-        torch.manual_seed(3)
-        model = tiny_model(decoder_dropout=0.0)
-        _, logs[smoothing] = build_method(model, cfg)(labeled, unlabeled, step=0, total_steps=10)
-    with torch.no_grad():  # training mode, as in the step (batch statistics; no dropout)
-        cls, _ = full_forward(model, labeled["image"])
+    labeled, logs, (cls, _) = _one_step_per_setting(mode, "label_smoothing", (0.0, 0.3))
     y = labeled["label"].long()
     expected = F.cross_entropy(cls.logits, y, label_smoothing=0.3)
     assert logs[0.3]["loss/ce_l"].item() == pytest.approx(expected.item(), rel=1e-5)
