@@ -257,14 +257,16 @@ class MethodConfig:
             "true or false",
             self.distribution_alignment,
         )
-        require(
-            isinstance(self.alignment_momentum, (int, float))
-            and not isinstance(self.alignment_momentum, bool)
-            and 0.0 <= self.alignment_momentum < 1.0,
-            "method.alignment_momentum",
-            "a number in [0, 1)",
-            self.alignment_momentum,
-        )
+        for name in ("alignment_momentum", "label_smoothing"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and 0.0 <= value < 1.0,
+                f"method.{name}",
+                "a number in [0, 1)",
+                value,
+            )
         if self.alignment_target is not None:
             target = self.alignment_target
             require(
@@ -295,14 +297,6 @@ class MethodConfig:
             "method.pixel_reliability",
             f"one of {PIXEL_RELIABILITY}",
             self.pixel_reliability,
-        )
-        require(
-            isinstance(self.label_smoothing, (int, float))
-            and not isinstance(self.label_smoothing, bool)
-            and 0.0 <= self.label_smoothing < 1.0,
-            "method.label_smoothing",
-            "a number in [0, 1)",
-            self.label_smoothing,
         )
         for name in ("fixed_threshold", "tau_max", "tau_min", "eta_start"):
             value = getattr(self, name)
