@@ -91,6 +91,11 @@ VARIANTS: dict[str, Variant] = {
             (("method.itc_trains", "cls"),),
         ),
         Variant(
+            "itc_seg",
+            "Hermes, inter-task consistency training the segmentation branch (the paper)",
+            (("method.itc_trains", "seg"),),
+        ),
+        Variant(
             "label_smooth",
             "Hermes, labeled image labels smoothed by 0.1",
             (("method.label_smoothing", 0.1),),
