@@ -19,6 +19,8 @@ def test_presets_load_and_differ() -> None:
     assert paper.optim.steps == 3000 and paper.optim.cls_lr == 1e-4 and paper.optim.seg_lr == 1e-4
     assert paper.method.memory.image is False and paper.method.memory.pixel is False
     assert paper.method.max_samples == 1024 and paper.method.max_views == 100
+    # the paper preset keeps the paper's consistency direction; the CPU one takes the measured
+    assert paper.method.itc_trains == "seg" and default.method.itc_trains == "cls"
 
 
 def test_overrides_nested_and_typed(tmp_path: Path) -> None:
@@ -112,7 +114,7 @@ def test_a_stored_config_with_detach_junctions_loads(detach: bool, trains: str) 
 
 
 def test_dice_reduction_is_checked() -> None:
-    assert load_config("default").method.dice_reduction == "batch"
+    assert load_config("default").method.dice_reduction == "image"
     assert load_config("paper").method.dice_reduction == "batch"
     with pytest.raises(ValueError, match="method.dice_reduction.*'batch', 'image'.*'pixel'"):
         load_config("default", ["method.dice_reduction=pixel"])
