@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <cstdint>
 
@@ -16,7 +17,8 @@ struct Shape {
   int64_t b, c, h, w, hw, k, r;
 };
 
-// x (B, C, H, W); gate (B, C) and weight (1, 2, k, k) with k odd, of x's dtype and on x's device.
+// x (B, C, H, W); gate (B, C) of x's dtype and weight (1, 2, k, k) with k odd, of x's dtype or
+// its op-math type (fp32 for fp16/bf16); both on x's device.
 // x's dtype: any floating type if `any_float`, else float32 or float64. `fn` names the op in the
 // messages.
 inline Shape check_inputs(const char* fn, const at::Tensor& x, const at::Tensor& gate,
@@ -35,9 +37,14 @@ inline Shape check_inputs(const char* fn, const at::Tensor& x, const at::Tensor&
   TORCH_CHECK(weight.dim() == 4 && weight.size(0) == 1 && weight.size(1) == 2 &&
                   weight.size(2) == weight.size(3) && weight.size(2) % 2 == 1,
               fn, ": weight must be (1, 2, k, k) with k odd, got shape ", weight.sizes());
+  TORCH_CHECK(gate.scalar_type() == x.scalar_type(), fn, ": gate must have x's dtype ",
+              x.scalar_type(), ", got ", gate.scalar_type());
+  // the conv weight: x's dtype or its op-math type (fp32 for fp16/bf16 x)
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() ||
+                  weight.scalar_type() == at::toOpMathType(x.scalar_type()),
+              fn, ": weight must have x's dtype ", x.scalar_type(), " or ",
+              at::toOpMathType(x.scalar_type()), ", got ", weight.scalar_type());
   for (const at::Tensor* t : {&gate, &weight}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), fn, ": gate and weight must have x's dtype ",
-                x.scalar_type(), ", got ", t->scalar_type());
     TORCH_CHECK(t->device() == x.device(), fn, ": inputs must be on ", x.device(), ", got ",
                 t->device());
   }

@@ -313,7 +313,14 @@ def test_inter_task_attention_at_the_four_depths(backend, depth, dtype):
     _require(
         "inter_task_attention",
         backend,
-        dict(zip(names, [inputs[0].to(dtype), inputs[1].to(dtype), *inputs[2:]], strict=True)),
+        # the dtypes the run below passes: feature and gate in ``dtype``, conv parameters in fp32
+        dict(
+            zip(
+                names,
+                [t.to(dtype) for t in inputs[:2]] + [t.float() for t in inputs[2:]],
+                strict=True,
+            )
+        ),
     )
 
     def fn(*t):
@@ -325,8 +332,21 @@ def test_inter_task_attention_at_the_four_depths(backend, depth, dtype):
     want64 = _inter_task_attention_run(inter_task_attention_reference, inputs, grad, torch.float64)
     want_dt = _inter_task_attention_run(inter_task_attention_reference, inputs, grad, dtype)
     path = "fp32-ieee" if dtype == torch.float32 else "half"
+    want64_grads = list(want64[1])
+    if path == "half":
+        # The conv parameters' gradients (the bias, 2 k^2 weights) are sums over all B H W
+        # pixels, a few numbers: against fp64 on the unrounded inputs their error is mostly one
+        # draw of the rounding of the feature, gate and upstream gradient to ``dtype``, shared
+        # by every half-precision implementation (fp32 arithmetic on the bf16-rounded inputs
+        # failed the rule on 1 of 8 draws at 512 x 28 x 28). Both they and the same-dtype
+        # reference are measured against fp64 on the rounded inputs instead.
+        rounded = [t.to(dtype).double() for t in inputs[:2]] + list(inputs[2:])
+        _, on_rounded = _inter_task_attention_run(
+            inter_task_attention_reference, rounded, grad.to(dtype).double(), torch.float64
+        )
+        want64_grads[2:] = on_rounded[2:]
     _assert_close(got[0], want64[0], want_dt[0], "forward", path, "y")
-    for x, z, z_dt, what in zip(got[1], want64[1], want_dt[1], names, strict=True):
+    for x, z, z_dt, what in zip(got[1], want64_grads, want_dt[1], names, strict=True):
         _assert_close(x, z, z_dt, "grad", path, f"grad {what}")
     assert torch.equal(first[0], got[0])
     for x, z in zip(first[1], got[1], strict=True):

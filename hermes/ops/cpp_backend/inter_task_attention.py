@@ -14,8 +14,14 @@ from hermes.ops.cpp_backend._common import OPS, compute_dtype, float_input_reaso
 
 @torch.library.register_fake("hermes::inter_task_attention_fwd")
 def _fwd_fake(x, gate, weight, bias):
+    # the saved pooled maps and attention are in the op-math type (fp32 for fp16/bf16)
     b, _, h, w = x.shape
-    return torch.empty_like(x), x.new_empty((b, 2, h, w)), x.new_empty((b, h, w))
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    return (
+        torch.empty_like(x),
+        x.new_empty((b, 2, h, w), dtype=acc),
+        x.new_empty((b, h, w), dtype=acc),
+    )
 
 
 @torch.library.register_fake("hermes::inter_task_attention_bwd")
@@ -52,16 +58,18 @@ def inter_task_attention(
     """The ``hermes._C`` kernels behind :func:`hermes.ops.inter_task_attention`.
 
     Shapes: cls_feature (B, C, H, W) non-empty, gate (B, C), spatial_weight (1, 2, k, k),
-    spatial_bias (1,). Returns (B, C, H, W) in the feature's dtype (fp16/bf16 computed in fp32
-    on the CPU).
+    spatial_bias (1,). Returns (B, C, H, W) in the feature's dtype (fp16/bf16 computed in fp32,
+    with the conv parameters in fp32).
     """
     dtype = cls_feature.dtype
+    # CUDA takes the feature and gate in their dtype, the CPU kernels in fp32 (fp64 for fp64);
+    # the conv parameters go in fp32 (fp64) on both
     compute = dtype if cls_feature.is_cuda else compute_dtype(dtype)
     y, _, _ = OPS.inter_task_attention_fwd(
         cls_feature.to(compute),
         gate.to(compute),
-        spatial_weight.to(compute),
-        spatial_bias.to(compute),
+        spatial_weight.to(compute_dtype(dtype)),
+        spatial_bias.to(compute_dtype(dtype)),
     )
     return y.to(dtype)
 
