@@ -8,6 +8,7 @@
 #include <ATen/OpMathType.h>
 
 #include <cstdint>
+#include <string>
 
 namespace hermes {
 namespace inter_task_attention {
@@ -40,10 +41,11 @@ inline Shape check_inputs(const char* fn, const at::Tensor& x, const at::Tensor&
   TORCH_CHECK(gate.scalar_type() == x.scalar_type(), fn, ": gate must have x's dtype ",
               x.scalar_type(), ", got ", gate.scalar_type());
   // the conv weight: x's dtype or its op-math type (fp32 for fp16/bf16 x)
-  TORCH_CHECK(weight.scalar_type() == x.scalar_type() ||
-                  weight.scalar_type() == at::toOpMathType(x.scalar_type()),
-              fn, ": weight must have x's dtype ", x.scalar_type(), " or ",
-              at::toOpMathType(x.scalar_type()), ", got ", weight.scalar_type());
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() || weight.scalar_type() == acc, fn,
+              ": weight must have x's dtype ", x.scalar_type(),
+              acc == x.scalar_type() ? std::string() : std::string(" or ") + c10::toString(acc),
+              ", got ", weight.scalar_type());
   for (const at::Tensor* t : {&gate, &weight}) {
     TORCH_CHECK(t->device() == x.device(), fn, ": inputs must be on ", x.device(), ", got ",
                 t->device());

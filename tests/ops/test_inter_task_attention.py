@@ -160,3 +160,18 @@ def test_integer_input_is_the_ops_dtype_error(backend, which):
     named[which] = named[which].round().long()
     with pytest.raises(ValueError, match=f"inter_task_attention: {which} must be floating point"):
         inter_task_attention(**named, backend=backend)
+
+
+def test_cpp_custom_op_fake_and_dtype_checks(require_backend):
+    """The ``hermes._C`` forward op on the CPU: opcheck (fake shapes and dtypes of the saved
+    pooled maps and attention, autograd), and its dtype checks name the input: the gate must
+    have the feature's dtype, the conv weight the feature's dtype or its op-math type."""
+    inputs, _ = _inputs((2, 3, 4, 5, 3), seed=6)
+    require_backend("inter_task_attention", "cpp", dict(zip(NAMES, inputs, strict=True)))
+    op = torch.ops.hermes.inter_task_attention_fwd.default
+    torch.library.opcheck(op, tuple(t.clone().requires_grad_() for t in inputs))
+    x, gate, weight, bias = inputs
+    with pytest.raises(RuntimeError, match="gate must have x's dtype Float, got Double"):
+        op(x, gate.double(), weight, bias)
+    with pytest.raises(RuntimeError, match="weight must have x's dtype Float, got Double"):
+        op(x, gate, weight.double(), bias)
