@@ -264,15 +264,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inter_task_attention_
                   pooled.device() == x.device() && attention.device() == x.device(),
               "inter_task_attention_bwd: pooled must be (B, 2, H, W) and attention (B, H, W) on ",
               x.device());
-  TORCH_CHECK(pooled.scalar_type() == at::toOpMathType(x.scalar_type()) &&
-                  attention.scalar_type() == pooled.scalar_type(),
-              "inter_task_attention_bwd: pooled and attention must be ",
-              at::toOpMathType(x.scalar_type()), " (the forward's), got ", pooled.scalar_type(),
-              " and ", attention.scalar_type());
+  const at::ScalarType acc = at::toOpMathType(x.scalar_type());
+  TORCH_CHECK(pooled.scalar_type() == acc && attention.scalar_type() == acc,
+              "inter_task_attention_bwd: pooled and attention must be ", acc,
+              " (the forward's), got ", pooled.scalar_type(), " and ", attention.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor dy = grad_y.contiguous(), xc = x.detach().contiguous(),
-                   gc = gate.detach().contiguous(),
-                   wc = weight.detach().to(at::toOpMathType(x.scalar_type())).contiguous(),
+                   gc = gate.detach().contiguous(), wc = weight.detach().to(acc).contiguous(),
                    pc = pooled.contiguous(), ac = attention.contiguous();
   const auto f32 = xc.options().dtype(at::kFloat);
   at::Tensor dx = at::empty_like(xc);

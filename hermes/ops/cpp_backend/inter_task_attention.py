@@ -16,7 +16,7 @@ from hermes.ops.cpp_backend._common import OPS, compute_dtype, float_input_reaso
 def _fwd_fake(x, gate, weight, bias):
     # the saved pooled maps and attention are in the op-math type (fp32 for fp16/bf16)
     b, _, h, w = x.shape
-    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    acc = compute_dtype(x.dtype)
     return (
         torch.empty_like(x),
         x.new_empty((b, 2, h, w), dtype=acc),
@@ -64,12 +64,13 @@ def inter_task_attention(
     dtype = cls_feature.dtype
     # CUDA takes the feature and gate in their dtype, the CPU kernels in fp32 (fp64 for fp64);
     # the conv parameters go in fp32 (fp64) on both
-    compute = dtype if cls_feature.is_cuda else compute_dtype(dtype)
+    params = compute_dtype(dtype)
+    compute = dtype if cls_feature.is_cuda else params
     y, _, _ = OPS.inter_task_attention_fwd(
         cls_feature.to(compute),
         gate.to(compute),
-        spatial_weight.to(compute_dtype(dtype)),
-        spatial_bias.to(compute_dtype(dtype)),
+        spatial_weight.to(params),
+        spatial_bias.to(params),
     )
     return y.to(dtype)
 
