@@ -4,6 +4,10 @@ metrics (the evaluation itself is :mod:`hermes.eval.evaluate`).
     python -m hermes.evaluate runs/hermes/best.pt                       # the run's own test split
     python -m hermes.evaluate best.pt --data /path/Dataset_BUSI_with_GT --dataset busi
     python -m hermes.evaluate best.pt --data /path/UDIAT --dataset udiat --split all
+    python -m hermes.evaluate best.pt --per-image preds.csv    # and each image's results
+
+``--per-image`` writes one row per evaluated image (id, label, predicted class, class
+probabilities, lesion Dice and IoU); ``python -m hermes.compare`` compares two such files.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from hermes.eval.evaluate import (
     json_metrics,
 )
 from hermes.eval.metrics import undefined_reasons
+from hermes.eval.paired import write_per_image
 from hermes.train.checkpoint import load_model
 
 logger = logging.getLogger("hermes.eval.evaluate")
@@ -44,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--max-batches", type=int, default=None)
     parser.add_argument("--out", help="write the metrics as JSON here")
+    parser.add_argument(
+        "--per-image",
+        metavar="CSV",
+        help="write each image's label, predicted class, class probabilities, lesion Dice "
+        "and IoU here (the input of python -m hermes.compare)",
+    )
     add_tta_argument(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -61,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             data_cfg = replace(data_cfg, split_file=args.split_file)
         loader = evaluation_loader(data_cfg, args.split)
         tta = args.tta if args.tta is not None else cfg.eval.tta
-        result = evaluate(model, loader, args.device, max_batches=args.max_batches, tta=tta)
+        result = evaluate(
+            model,
+            loader,
+            args.device,
+            max_batches=args.max_batches,
+            tta=tta,
+            classes=data_cfg.classes,
+        )
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -73,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.out:
         Path(args.out).write_text(json_metrics(result.metrics) + "\n")
+    if args.per_image and result.per_image is not None:
+        write_per_image(args.per_image, result.per_image)
     return 0
 
 

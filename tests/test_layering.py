@@ -2,7 +2,7 @@
 under ``if TYPE_CHECKING:`` are annotations only and do not count):
 
     ops, comm, checks, kernels  <  data  <  models  <  method  <  eval  <  train  <  experiments
-                        <  the command-line entry modules (evaluate, predict, info)
+                        <  the command-line entry modules (evaluate, predict, info, compare)
 
 A module may import its own layer and the layers below it, never a higher one, and no modules
 import each other in a circle.
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1] / "hermes"
 LAYERS = {
     "ops": 0, "comm": 0, "checks": 0, "kernels": 0, "_C": 0, "__init__": 0,
     "data": 1, "models": 2, "method": 3, "eval": 4, "train": 5, "experiments": 6,
-    "evaluate": 7, "predict": 7, "info": 7,
+    "evaluate": 7, "predict": 7, "info": 7, "compare": 7,
 }  # fmt: skip
 
 

@@ -1,6 +1,8 @@
-"""Evaluation: test metrics, ``evaluate`` over a loader, and folder prediction.
+"""Evaluation: test metrics, ``evaluate`` over a loader, folder prediction, and the paired
+comparison of two models' per-image results.
 
-The command lines are ``python -m hermes.evaluate`` and ``python -m hermes.predict``.
+The command lines are ``python -m hermes.evaluate``, ``python -m hermes.predict`` and
+``python -m hermes.compare``.
 """
 
 from hermes.eval.evaluate import Evaluation, evaluate, format_metrics, predict_batch
@@ -10,14 +12,19 @@ from hermes.eval.metrics import (
     classification_metrics,
     dice_iou_per_image,
 )
+from hermes.eval.paired import PerImage, compare, read_per_image, write_per_image
 
 __all__ = [
     "Evaluation",
     "MetricAccumulator",
+    "PerImage",
     "auc_binary",
     "classification_metrics",
+    "compare",
     "dice_iou_per_image",
     "evaluate",
     "format_metrics",
     "predict_batch",
+    "read_per_image",
+    "write_per_image",
 ]

@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from hermes.eval.metrics import METRICS, MetricAccumulator
+from hermes.eval.paired import PerImage
 
 if TYPE_CHECKING:
     from hermes.data import DataConfig
@@ -80,9 +82,11 @@ def _predict(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
 @dataclass
 class Evaluation:
     """Metrics plus a few test images with their masks and predictions (for figures).
-    ``label_counts``: evaluated images per class index."""
+    ``label_counts``: evaluated images per class index; ``per_image``: every evaluated image's
+    label, probabilities and lesion Dice and IoU (when ``evaluate`` was given class names)."""
 
     metrics: dict[str, float]
+    per_image: PerImage | None = None
     label_counts: list[int] = field(default_factory=list)
     images: list[Tensor] = field(default_factory=list)
     masks: list[Tensor] = field(default_factory=list)
@@ -98,10 +102,12 @@ def evaluate(
     max_batches: int | None = None,
     keep_images: int = 0,
     tta: str = "none",
+    classes: Sequence[str] | None = None,
 ) -> Evaluation:
     """Run the model over ``loader`` (batches with ``image``, ``mask``, ``label``) in eval mode
     and compute :class:`~hermes.eval.metrics.MetricAccumulator` metrics, with the test-time
-    augmentation ``tta`` (see :func:`predict_batch`). The RNG state is left untouched (so
+    augmentation ``tta`` (see :func:`predict_batch`); with the class names ``classes`` the
+    result also holds the per-image results (ids from the batches' ``id``). The RNG state is left untouched (so
     evaluating inside a training run does not change it). The model's train/eval mode is
     restored afterwards."""
     if tta not in TTA:
@@ -117,7 +123,7 @@ def evaluate(
                 break
             x = batch["image"].to(device)
             seg_logits, cls_logits = predict_batch(model, x, tta)
-            acc.update(seg_logits, batch["mask"], cls_logits, batch["label"])
+            acc.update(seg_logits, batch["mask"], cls_logits, batch["label"], batch.get("id"))
             take = min(keep_images - len(out.images), len(x))
             if take > 0:
                 out.images.extend(batch["image"][:take])
@@ -127,6 +133,8 @@ def evaluate(
     model.train(was_training)
     out.metrics = acc.compute()
     out.label_counts = acc.label_counts(model.cfg.num_classes)
+    if classes is not None:
+        out.per_image = acc.per_image(classes)
     return out
 
 

@@ -19,8 +19,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from hermes.eval.paired import PerImage
 
 # What :meth:`MetricAccumulator.compute` returns besides the image count; higher is better.
 METRICS = (
@@ -124,9 +127,24 @@ class MetricAccumulator:
         self.pooled = torch.zeros(2, dtype=torch.float64)  # lesion pixels: overlap, both totals
         self.probs: list[Tensor] = []
         self.labels: list[Tensor] = []
+        self.ids: list[str] = []
 
-    def update(self, seg_logits: Tensor, masks: Tensor, cls_logits: Tensor, labels: Tensor) -> None:
-        """Shapes: seg_logits (B, K, H, W), masks (B, H, W), cls_logits (B, C), labels (B,)."""
+    def update(
+        self,
+        seg_logits: Tensor,
+        masks: Tensor,
+        cls_logits: Tensor,
+        labels: Tensor,
+        ids: Sequence[str] | None = None,
+    ) -> None:
+        """Shapes: seg_logits (B, K, H, W), masks (B, H, W), cls_logits (B, C), labels (B,);
+        ``ids``: the images' ids (default: their positions in the evaluation order)."""
+        start = len(self.ids)
+        self.ids.extend(
+            [str(i) for i in ids]
+            if ids is not None
+            else [str(start + i) for i in range(len(labels))]
+        )
         pred = seg_logits.argmax(1).cpu()
         masks = masks.cpu()
         for c in (0, 1):
@@ -157,6 +175,21 @@ class MetricAccumulator:
         out.update(classification_metrics(torch.cat(self.probs), torch.cat(self.labels)))
         out["images"] = float(sum(len(x) for x in self.labels))
         return out
+
+    def per_image(self, classes: Sequence[str]) -> PerImage:
+        """The per-image results added so far (``classes``: the class names)."""
+        if not self.labels:
+            raise ValueError("MetricAccumulator.per_image: no batches were added")
+        probs = torch.cat(self.probs).double().numpy()
+        return PerImage(
+            list(self.ids),
+            list(classes),
+            torch.cat(self.labels).numpy().astype(np.int64),
+            probs.argmax(1),
+            probs,
+            torch.cat(self.dice[1]).double().numpy(),
+            torch.cat(self.iou[1]).double().numpy(),
+        )
 
     def label_counts(self, num_classes: int) -> list[int]:
         """Images added per class index."""

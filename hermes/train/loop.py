@@ -69,7 +69,7 @@ def logs_to_floats(logs: dict[str, Tensor]) -> dict[str, float]:
 
 
 def run_evaluation(comps: Components, keep_images: int = 0) -> Evaluation:
-    """Evaluate the networks on the test split (RNG untouched)."""
+    """Evaluate the networks on the test split (RNG untouched), with per-image results."""
     cfg = comps.cfg
     return evaluate(
         comps.model,
@@ -78,6 +78,7 @@ def run_evaluation(comps: Components, keep_images: int = 0) -> Evaluation:
         max_batches=cfg.eval.max_batches,
         keep_images=keep_images,
         tta=cfg.eval.tta,
+        classes=comps.data.classes,
     )
 
 

@@ -1,6 +1,6 @@
 """The report folder of a run (and of a Hermes-vs-baseline comparison): metrics JSON, a
-Markdown summary and PNG figures (loss curves, pseudo-label kept fractions and accuracy over
-time, predicted masks over test images)."""
+Markdown summary, the final evaluation per test image (CSV) and PNG figures (loss curves,
+pseudo-label kept fractions and accuracy over time, predicted masks over test images)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hermes.eval.metrics import METRICS  # noqa: E402
+from hermes.eval.paired import write_per_image  # noqa: E402
 
 if TYPE_CHECKING:
     from hermes.train.state import RunResult
@@ -194,7 +195,8 @@ def run_summary(result: RunResult) -> dict[str, Any]:
 
 def write_run_report(result: RunResult, classes: Sequence[str]) -> Path:
     """``<out_dir>/report/``: metrics.json, summary.md, losses.png, pseudo_labels.png,
-    masks.png. Returns the folder."""
+    masks.png and test_predictions.csv (the final evaluation per image, the file
+    ``python -m hermes.compare`` reads). Returns the folder."""
     folder = result.out_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
     summary = run_summary(result)
@@ -204,6 +206,8 @@ def write_run_report(result: RunResult, classes: Sequence[str]) -> Path:
     plot_losses(result.state.history, folder / "losses.png", name)
     if result.cfg.method.mode in PSEUDO_LABEL_MODES:
         plot_pseudo_labels(result.state.history, folder / "pseudo_labels.png", name)
+    if result.final is not None and result.final.per_image is not None:
+        write_per_image(folder / "test_predictions.csv", result.final.per_image)
     if result.final is not None:
         plot_masks(
             result.final.images,

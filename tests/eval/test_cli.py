@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hermes.compare import main as compare_main
 from hermes.evaluate import main as evaluate_main
 from hermes.predict import main as predict_main
 from hermes.train.__main__ import main as train_main
@@ -87,6 +88,37 @@ def test_evaluate_cli(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "dice_lesion=" in capsys.readouterr().out
     assert evaluate_main([str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_per_image_results_and_compare(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--per-image`` and the run's report/test_predictions.csv hold the images the metrics
+    came from; ``python -m hermes.compare`` pairs two runs on them."""
+    ckpt = trained / "hermes" / "last.pt"
+    per_image, out = tmp_path / "hermes.csv", tmp_path / "metrics.json"
+    assert evaluate_main([str(ckpt), "--out", str(out), "--per-image", str(per_image)]) == 0
+    metrics = json.loads(out.read_text())
+    rows = list(csv.DictReader(open(per_image)))
+    assert len(rows) == metrics["images"] and rows[0]["id"]
+    assert {r["label"] for r in rows} <= {"benign", "malignant"}
+    dice = [float(r["dice_lesion"]) for r in rows]
+    assert sum(dice) / len(dice) == pytest.approx(metrics["dice_lesion"], abs=1e-5)
+    right = [r["predicted"] == r["label"] for r in rows]
+    assert sum(right) / len(right) == pytest.approx(metrics["accuracy"])
+    # the run's own final evaluation (eval.max_batches=1: the first batch), with its report
+    report = trained / "hermes" / "report" / "test_predictions.csv"
+    report_rows = list(csv.DictReader(open(report)))
+    assert len(report_rows) == 4 and report_rows == rows[:4]
+    capsys.readouterr()
+    supervised = trained / "supervised" / "report" / "test_predictions.csv"
+    diff = tmp_path / "diff.json"
+    argv = [str(supervised), str(report), "--names", "supervised", "hermes", "--out", str(diff)]
+    assert compare_main(argv) == 0
+    assert "A = supervised, B = hermes" in capsys.readouterr().out
+    metrics_b = {d["metric"]: d for d in json.loads(diff.read_text())["differences"]}
+    hermes_dice = [float(r["dice_lesion"]) for r in report_rows]
+    assert metrics_b["dice_lesion"]["b"] == pytest.approx(sum(hermes_dice) / 4)
 
 
 def test_predict_cli(trained: Path, tmp_path: Path) -> None:
