@@ -5,6 +5,8 @@ Layout of an experiment folder ``out``::
     out/splits/labeled{B}_seed{S}.json          one split per (budget, seed), written once
     out/runs/labeled{B}/seed{S}/{variant}/      the trainer's out_dir of one run
         result.json                             final metrics + config, written atomically
+        test_predictions.csv                    the final evaluation per test image (the input
+                                                of ``python -m hermes.compare``)
     out/results.md, out/results.png, out/summary.json   (see :mod:`hermes.experiments.tables`)
 
 A run whose ``result.json`` exists with the same configuration (:func:`same_config`) is skipped, so rerunning the
@@ -244,6 +246,7 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
 
     Returns the result (read back when the run was already done).
     """
+    from hermes.eval.paired import write_per_image
     from hermes.train.loop import train
 
     cfg = run_config(matrix, spec)
@@ -266,6 +269,8 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     history_file = Path(cfg.out_dir) / "history.json"
     atomic_write_text(history_file, json.dumps(run.state.history))
+    if run.final is not None and run.final.per_image is not None:
+        write_per_image(Path(cfg.out_dir) / "test_predictions.csv", run.final.per_image)
     split_file = Path(cfg.data.split_file or "")
     result = {
         "format": RESULT_FORMAT,

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import hermes.train.loop
+from hermes.eval.paired import read_per_image
 from hermes.experiments import VARIANTS, Matrix, RunSpec, run_config, split_path
 from hermes.experiments.__main__ import main
 from hermes.experiments.runner import result_path
@@ -122,6 +123,20 @@ def test_trains_every_run_once_and_writes_the_tables(first_run: dict) -> None:
     cell = summary["dice_lesion"]["hermes"]["8"]
     assert cell["n"] == 2 and len(cell["values"]) == 2
     assert len(cell["gain_vs_supervised"]["values"]) == 2
+
+
+def test_each_run_keeps_its_test_predictions_per_image(first_run: dict) -> None:
+    """``test_predictions.csv`` beside ``result.json``: the images its metrics came from."""
+    out = first_run["out"]
+    for seed in (0, 1):
+        result = json.loads(result_path(out, RunSpec(VARIANTS["hermes"], 8, seed)).read_text())
+        rows = read_per_image(
+            result_path(out, RunSpec(VARIANTS["hermes"], 8, seed)).parent / "test_predictions.csv"
+        )
+        assert len(rows) == result["metrics"]["images"]
+        assert rows.dice.mean() == pytest.approx(result["metrics"]["dice_lesion"], abs=1e-5)
+        accuracy = (rows.predicted == rows.labels).mean()
+        assert accuracy == pytest.approx(result["metrics"]["accuracy"])
 
 
 def test_every_variant_uses_the_same_split_file(first_run: dict) -> None:
