@@ -278,6 +278,10 @@ def format_comparison(
             f"{d.metric:<12} {d.a:7.4f} {d.b:7.4f} {d.diff:+8.4f}  "
             f"[{d.low:+.4f}, {d.high:+.4f}]  {d.p:6.3f}  {d.test}"
         )
-    if len(a.classes) == 2 and not any(d.metric == "auc" for d in differences):
+    if len(a.classes) > 2:
+        lines.append(
+            f"auc: not compared (the paired test here takes two classes, not {len(a.classes)})"
+        )
+    elif not any(d.metric == "auc" for d in differences):
         lines.append("auc: not compared (needs at least two images of each class)")
     return "\n".join(lines)
