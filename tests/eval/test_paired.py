@@ -18,6 +18,7 @@ from hermes.eval.paired import (
     align,
     compare,
     delong_paired,
+    format_comparison,
     read_per_image,
     write_per_image,
 )
@@ -205,3 +206,14 @@ def test_compare_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert by_metric["accuracy"]["diff"] == pytest.approx(2 / 6)
     assert compare_main([str(pa), str(tmp_path / "missing.csv")]) == 2
     assert "missing.csv" in capsys.readouterr().err
+
+
+def test_three_classes_compare_without_auc() -> None:
+    probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6], [0.5, 0.3, 0.2]])
+    labels = np.array([0, 1, 2, 1])
+    a = PerImage(
+        list("abcd"), ["n", "b", "m"], labels, probs.argmax(1), probs, np.ones(4), np.ones(4)
+    )
+    differences = compare(a, a)
+    assert [d.metric for d in differences] == ["accuracy", "dice_lesion", "iou_lesion"]
+    assert "two classes, not 3" in format_comparison(a, differences)
