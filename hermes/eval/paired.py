@@ -37,6 +37,10 @@ COLUMNS = ("id", "label", "predicted")
 """The leading columns of a per-image file; then ``p_<class>`` per class, ``dice_lesion`` and
 ``iou_lesion``."""
 
+PREDICTIONS_FILE = "test_predictions.csv"
+"""The name of a run's per-image file (in ``report/`` of a training run, beside
+``result.json`` of an experiment run)."""
+
 Z95 = 1.959963984540054
 """The standard normal's 97.5 % quantile (two-sided 95 % intervals)."""
 

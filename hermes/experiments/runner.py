@@ -246,7 +246,7 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
 
     Returns the result (read back when the run was already done).
     """
-    from hermes.eval.paired import write_per_image
+    from hermes.eval.paired import PREDICTIONS_FILE, write_per_image
     from hermes.train.loop import train
 
     cfg = run_config(matrix, spec)
@@ -270,7 +270,7 @@ def execute(matrix: Matrix, spec: RunSpec) -> dict[str, Any]:
     history_file = Path(cfg.out_dir) / "history.json"
     atomic_write_text(history_file, json.dumps(run.state.history))
     if run.final is not None and run.final.per_image is not None:
-        write_per_image(Path(cfg.out_dir) / "test_predictions.csv", run.final.per_image)
+        write_per_image(Path(cfg.out_dir) / PREDICTIONS_FILE, run.final.per_image)
     split_file = Path(cfg.data.split_file or "")
     result = {
         "format": RESULT_FORMAT,

@@ -5,7 +5,10 @@ whether a classifier ranks better than chance when its accuracy sits at a consta
 prediction), rows = variants, columns = label budgets,
 cells ``mean +- std (n)`` over seeds (sample standard deviation, ``ddof=1``). Because every
 variant of a (budget, seed) pair shares a split, the gain of each variant over supervised-only
-is also given as the mean +- std of the per-seed paired differences.
+is also given as the mean +- std of the per-seed paired differences. Where the runs kept their
+test predictions per image (``test_predictions.csv``), each (budget, seed) pair is also
+compared image by image (:func:`hermes.eval.paired.compare`): how far the test images alone
+could move a gain.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from hermes.experiments.runner import Matrix, RunSpec
+from hermes.eval.paired import PREDICTIONS_FILE, compare, read_per_image
+from hermes.experiments.runner import Matrix, RunSpec, run_dir
 from hermes.experiments.variants import Variant
 
 METRICS = (
@@ -131,6 +135,39 @@ def summarize(matrix: Matrix, results: dict[RunSpec, dict[str, Any]]) -> dict[st
     return out
 
 
+def paired_image_tests(matrix: Matrix) -> list[str]:
+    """Markdown rows ``variant | budget | seed | AUC | Dice | accuracy`` of the per-image paired
+    comparisons against supervised-only (difference, 95 % interval, p-value), for every
+    (variant, budget, seed) whose run and supervised-only run both kept their per-image test
+    predictions; empty when none did."""
+    if not any(v.name == "supervised" for v in matrix.variants):
+        return []
+    base = next(v for v in matrix.variants if v.name == "supervised")
+    rows = []
+    for v in matrix.variants:
+        if v.name == "supervised":
+            continue
+        for b in matrix.budgets:
+            for s in matrix.seeds:
+                files = [
+                    run_dir(matrix.out, RunSpec(x, b, s)) / PREDICTIONS_FILE for x in (base, v)
+                ]
+                if not all(f.is_file() for f in files):
+                    continue
+                found = {
+                    d.metric: d
+                    for d in compare(*(read_per_image(f) for f in files), ("supervised", v.name))
+                }
+                cells = [
+                    f"{d.diff * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}], p {d.p:.2f}"
+                    if (d := found.get(m)) is not None
+                    else "-"
+                    for m in ("auc", "dice_lesion", "accuracy")
+                ]
+                rows.append(_row(v.label, [str(b), str(s), *cells]))
+    return rows
+
+
 def _row(label: str, cells: list[str]) -> str:
     return "| " + " | ".join([label, *cells]) + " |"
 
@@ -186,6 +223,21 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
                         _cell([values[s] - base[s] for s in values if s in base], signed=True)
                     )
                 lines.append(_row(v.label, cells))
+    paired = paired_image_tests(matrix)
+    if paired:
+        lines += [
+            "",
+            "## Gains per test image (each seed's test images, paired against supervised-only)",
+            "",
+            "Difference in points [95 % interval], p-value: AUC by DeLong's paired test, lesion "
+            "Dice by the paired t-test over images, accuracy by McNemar's exact test "
+            "(`python -m hermes.compare`). The interval is what the test images alone leave "
+            "open; the spread over seeds above adds the training's.",
+            "",
+            _row("method", ["labeled", "seed", "AUC", "lesion Dice", "accuracy"]),
+            "|---|---|---|---|---|---|",
+            *paired,
+        ]
     lines += [
         "",
         "## Pseudo-labels at the end of training (last quarter of the steps, unlabeled "

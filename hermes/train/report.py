@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hermes.eval.metrics import METRICS  # noqa: E402
-from hermes.eval.paired import write_per_image  # noqa: E402
+from hermes.eval.paired import PREDICTIONS_FILE, write_per_image  # noqa: E402
 
 if TYPE_CHECKING:
     from hermes.train.state import RunResult
@@ -207,7 +207,7 @@ def write_run_report(result: RunResult, classes: Sequence[str]) -> Path:
     if result.cfg.method.mode in PSEUDO_LABEL_MODES:
         plot_pseudo_labels(result.state.history, folder / "pseudo_labels.png", name)
     if result.final is not None and result.final.per_image is not None:
-        write_per_image(folder / "test_predictions.csv", result.final.per_image)
+        write_per_image(folder / PREDICTIONS_FILE, result.final.per_image)
     if result.final is not None:
         plot_masks(
             result.final.images,

@@ -119,6 +119,10 @@ def test_trains_every_run_once_and_writes_the_tables(first_run: dict) -> None:
     # two seeds per cell: mean +- std (2)
     assert table1.count("(2)") >= 3  # two rows plus the gain row
     assert (out / "results.png").stat().st_size > 0
+    # each seed's test images, Hermes against supervised-only image by image
+    per_image = md.split("## Gains per test image")[1].split("## Pseudo")[0]
+    rows = [r for r in per_image.splitlines() if r.startswith("| Hermes | 8 |")]
+    assert len(rows) == 2 and all(", p " in r for r in rows)
     summary = json.loads((out / "summary.json").read_text())
     cell = summary["dice_lesion"]["hermes"]["8"]
     assert cell["n"] == 2 and len(cell["values"]) == 2
