@@ -107,9 +107,9 @@ def evaluate(
     """Run the model over ``loader`` (batches with ``image``, ``mask``, ``label``) in eval mode
     and compute :class:`~hermes.eval.metrics.MetricAccumulator` metrics, with the test-time
     augmentation ``tta`` (see :func:`predict_batch`); with the class names ``classes`` the
-    result also holds the per-image results (ids from the batches' ``id``). The RNG state is left untouched (so
-    evaluating inside a training run does not change it). The model's train/eval mode is
-    restored afterwards."""
+    result also holds the per-image results (ids from the batches' ``id``). The RNG state is
+    left untouched (so evaluating inside a training run does not change it). The model's
+    train/eval mode is restored afterwards."""
     if tta not in TTA:
         raise ValueError(f"tta: expected one of {TTA}, got {tta!r}")
     device = torch.device(device)
