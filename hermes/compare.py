@@ -2,9 +2,11 @@
 the paired differences of AUC, accuracy, lesion Dice and IoU, with 95 % intervals and
 p-values (the tests are described in :mod:`hermes.eval.paired`).
 
-    python -m hermes.compare runs/sup/report/test_predictions.csv runs/hermes/report/test_predictions.csv
-    python -m hermes.evaluate a.pt --per-image a.csv && python -m hermes.evaluate b.pt --per-image b.csv
-    python -m hermes.compare a.csv b.csv --names supervised hermes --out diff.json
+    python -m hermes.compare runs/default/supervised/report/test_predictions.csv \
+        runs/default/hermes/report/test_predictions.csv --names supervised hermes
+    python -m hermes.evaluate a.pt --per-image a.csv
+    python -m hermes.evaluate b.pt --per-image b.csv
+    python -m hermes.compare a.csv b.csv --out diff.json
 
 The differences are B - A. The images are matched by id; two files of different images (or
 of different labels for an image) are an error.
