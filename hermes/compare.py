@@ -1,4 +1,4 @@
-"""``python -m hermes.compare``: two models' per-image results on the same test images ->
+r"""``python -m hermes.compare``: two models' per-image results on the same test images ->
 the paired differences of AUC, accuracy, lesion Dice and IoU, with 95 % intervals and
 p-values (the tests are described in :mod:`hermes.eval.paired`).
 
