@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     from hermes.train.interrupt import Interrupted
     from hermes.train.loop import train
     from hermes.train.preflight import check_out_dir
-    from hermes.train.report import comparison_table, write_comparison_report
+    from hermes.train.report import comparison_table, paired_comparison, write_comparison_report
 
     try:
         cfg = build_config(args)
@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = write_comparison_report(finished, root / "report")
         print(f"\nReport: {folder / 'summary.md'}")
     print(comparison_table(finished) if finished else "stopped before the end: no final metrics")
+    paired = paired_comparison(finished)
+    if paired:
+        print(f"\nImage by image ({finished[0].cfg.name} - {finished[1].cfg.name}):\n{paired}")
     return 0
 
 

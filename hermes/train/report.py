@@ -18,7 +18,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hermes.eval.metrics import METRICS  # noqa: E402
-from hermes.eval.paired import PREDICTIONS_FILE, write_per_image  # noqa: E402
+from hermes.eval.paired import (  # noqa: E402
+    PREDICTIONS_FILE,
+    compare,
+    format_comparison,
+    write_per_image,
+)
 
 if TYPE_CHECKING:
     from hermes.train.state import RunResult
@@ -290,6 +295,18 @@ def write_comparison_report(results: Sequence[RunResult], folder: str | Path) ->
             f"| {key} | " + " | ".join(_fmt(s["final"].get(key)) for s in summaries) + " |"
         )
     lines.append("| seconds | " + " | ".join(str(s["seconds"]) for s in summaries) + " |")
+    paired = paired_comparison(results)
+    if paired:
+        lines += [
+            "",
+            f"Image by image, {names[0]} - {names[1]} on the same test images (`python -m "
+            "hermes.compare`; the interval is what the test images alone leave open, not the "
+            "spread between training runs):",
+            "",
+            "```",
+            paired,
+            "```",
+        ]
     lines += ["", *setup_lines(results[0].cfg), ""]
     lines += ["", "![test metrics over training](test_metrics.png)", ""]
     for r in results:
@@ -310,6 +327,21 @@ def write_comparison_report(results: Sequence[RunResult], folder: str | Path) ->
     fig.savefig(folder / "test_metrics.png", dpi=100)
     plt.close(fig)
     return folder
+
+
+def paired_comparison(results: Sequence[RunResult]) -> str:
+    """Two runs' final evaluations compared image by image, the first run minus the second
+    (:func:`hermes.eval.paired.compare`); empty unless there are two runs with per-image
+    results of the same images."""
+    if len(results) != 2 or any(r.final is None or r.final.per_image is None for r in results):
+        return ""
+    names = [results[1].cfg.name, results[0].cfg.name]
+    base, run = (r.final.per_image for r in (results[1], results[0]))  # type: ignore[union-attr]
+    try:
+        return format_comparison(base, compare(base, run, names), names)
+    except ValueError as exc:  # not the same images
+        logger.warning("no image-by-image comparison: %s", exc)
+        return ""
 
 
 def comparison_table(results: Sequence[RunResult]) -> str:

@@ -67,6 +67,9 @@ def test_train_cli_compares_hermes_and_baseline(
     # What the runs were made of, and a warning that random weights learn poorly.
     assert "Setup: segmentation encoder resnet18 (random initialisation)" in summary
     assert "How to read this" in summary and "trained from random initialisation" in summary
+    # the two runs' test images compared one by one (4 images: eval.max_batches=1)
+    paired = summary.split("Image by image, hermes - supervised")[1].split("```")[1]
+    assert "4 images (" in paired and "McNemar exact" in paired and "dice_lesion" in paired
     runs = json.loads((trained / "report" / "metrics.json").read_text())
     assert [r["mode"] for r in runs] == ["hermes", "supervised"]
     assert (trained / "report" / "test_metrics.png").is_file()
