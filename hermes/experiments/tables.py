@@ -13,6 +13,7 @@ could move a gain.
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Any
 from hermes.eval.paired import PREDICTIONS_FILE, compare, read_per_image
 from hermes.experiments.runner import Matrix, RunSpec, run_dir
 from hermes.experiments.variants import Variant
+
+logger = logging.getLogger(__name__)
 
 METRICS = (
     ("dice_lesion", "Table 1: lesion Dice (%)"),
@@ -154,10 +157,12 @@ def paired_image_tests(matrix: Matrix) -> list[str]:
                 ]
                 if not all(f.is_file() for f in files):
                     continue
-                found = {
-                    d.metric: d
-                    for d in compare(*(read_per_image(f) for f in files), ("supervised", v.name))
-                }
+                try:
+                    pair = [read_per_image(f) for f in files]
+                    found = {d.metric: d for d in compare(*pair, ("supervised", v.name))}
+                except ValueError as exc:  # e.g. a stale file of other images
+                    logger.warning("no per-image comparison for %s: %s", files[1].parent, exc)
+                    continue
                 cells = [
                     f"{d.diff * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}], p {d.p:.2f}"
                     if (d := found.get(m)) is not None

@@ -129,6 +129,22 @@ def test_trains_every_run_once_and_writes_the_tables(first_run: dict) -> None:
     assert len(cell["gain_vs_supervised"]["values"]) == 2
 
 
+def test_a_per_image_file_of_other_images_is_left_out_of_the_tables(first_run: dict) -> None:
+    from hermes.experiments.tables import paired_image_tests
+
+    out = first_run["out"]
+    matrix = _matrix(out, first_run["cache"], [0, 1])
+    path = result_path(out, RunSpec(VARIANTS["hermes"], 8, 1)).parent / "test_predictions.csv"
+    kept = path.read_text()
+    try:
+        lines = kept.splitlines()
+        path.write_text("\n".join([lines[0], *("other_" + line for line in lines[1:])]) + "\n")
+        rows = paired_image_tests(matrix)
+    finally:
+        path.write_text(kept)
+    assert [r.split(" | ")[2] for r in rows] == ["0"]  # seed 1 is left out, seed 0 stays
+
+
 def test_each_run_keeps_its_test_predictions_per_image(first_run: dict) -> None:
     """``test_predictions.csv`` beside ``result.json``: the images its metrics came from."""
     out = first_run["out"]
