@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.out:
         Path(args.out).write_text(json_metrics(result.metrics) + "\n")
-    if args.per_image and result.per_image is not None:
+    if args.per_image:
+        assert result.per_image is not None  # evaluate() was given the class names
         write_per_image(args.per_image, result.per_image)
     return 0
 

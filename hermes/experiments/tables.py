@@ -143,9 +143,9 @@ def paired_image_tests(matrix: Matrix) -> list[str]:
     comparisons against supervised-only (difference, 95 % interval, p-value), for every
     (variant, budget, seed) whose run and supervised-only run both kept their per-image test
     predictions; empty when none did."""
-    if not any(v.name == "supervised" for v in matrix.variants):
+    base = next((v for v in matrix.variants if v.name == "supervised"), None)
+    if base is None:
         return []
-    base = next(v for v in matrix.variants if v.name == "supervised")
     rows = []
     for v in matrix.variants:
         if v.name == "supervised":
