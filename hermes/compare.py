@@ -8,8 +8,19 @@ p-values (the tests are described in :mod:`hermes.eval.paired`).
     python -m hermes.evaluate b.pt --per-image b.csv
     python -m hermes.compare a.csv b.csv --out diff.json
 
-The differences are B - A. The images are matched by id; two files of different images (or
-of different labels for an image) are an error.
+Two methods over several seeds or folds, each pair of runs on its own test images: one
+``--pair A.csv B.csv`` per pair. Each pair is compared as above, then the differences are
+averaged over the pairs, with a 95 % interval from the test images (a bootstrap over the
+distinct test images of all pairs, so test sets that overlap are not counted twice), a t
+interval over the pairs and a test of whether the pairs disagree by more than their test
+images explain (:func:`hermes.eval.paired.pool`):
+
+    python -m hermes.compare --names supervised hermes \
+        --pair runs/s0/supervised/test_predictions.csv runs/s0/hermes/test_predictions.csv \
+        --pair runs/s1/supervised/test_predictions.csv runs/s1/hermes/test_predictions.csv
+
+The differences are B - A. The images are matched by id; two files of a pair that hold
+different images (or different labels for an image) are an error.
 """
 
 from __future__ import annotations
@@ -20,41 +31,99 @@ import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from hermes.eval.paired import compare, format_comparison, read_per_image
+from hermes.eval.paired import (
+    Difference,
+    compare,
+    format_comparison,
+    format_pooled,
+    pool,
+    read_per_image,
+)
+
+
+def _finite(record: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()
+    }
+
+
+def _rows(differences: list[Difference]) -> list[dict[str, Any]]:
+    return [_finite({**asdict(d), "diff": d.diff}) for d in differences]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m hermes.compare",
-        description="Paired comparison of two models' per-image results on the same images.",
+        description="Paired comparison of two models' per-image results on the same images; "
+        "with --pair, of two methods over several seeds or folds.",
     )
     parser.add_argument(
         "a",
+        nargs="?",
         help="per-image CSV of model A (report/test_predictions.csv, or "
         "python -m hermes.evaluate --per-image)",
     )
-    parser.add_argument("b", help="per-image CSV of model B, the same images")
+    parser.add_argument("b", nargs="?", help="per-image CSV of model B, the same images")
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        action="append",
+        metavar=("A", "B"),
+        help="one seed's or fold's per-image CSVs of A and B (repeat per pair; instead of the "
+        "two positional files)",
+    )
     parser.add_argument("--names", nargs=2, metavar=("A", "B"), help="names for the two models")
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        default=2000,
+        help="bootstrap resamples of the test images for the pooled interval (default 2000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed")
     parser.add_argument("--out", help="write the differences as JSON here")
     args = parser.parse_args(argv)
-    names = args.names or [args.a, args.b]
+    if args.pair and (args.a or args.b):
+        parser.error("give two files or --pair A B (repeated), not both")
+    if not args.pair and not (args.a and args.b):
+        parser.error("give the two per-image files A and B, or --pair A B per seed")
+    if args.resamples < 2:
+        parser.error(f"--resamples must be at least 2 (got {args.resamples})")
+    files = args.pair or [[args.a, args.b]]
+    names = args.names or (["A", "B"] if args.pair else [args.a, args.b])
     try:
-        a, b = read_per_image(args.a), read_per_image(args.b)
-        differences = compare(a, b, names)
+        pairs = [(read_per_image(a), read_per_image(b)) for a, b in files]
+        if len(pairs) == 1:
+            per_pair, pooled = [compare(*pairs[0], names)], []
+        else:
+            per_pair, pooled = pool(pairs, names, args.resamples, args.seed)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(format_comparison(a, differences, names))
+    for k, ((a, _), differences) in enumerate(zip(pairs, per_pair, strict=True)):
+        if len(pairs) > 1:
+            print(f"pair {k + 1}: {files[k][0]} vs {files[k][1]}")
+        print(format_comparison(a, differences, names))
+        if len(pairs) > 1:
+            print()
+    if pooled:
+        print(format_pooled(pairs, pooled, names))
     if args.out:
-        rows = [
-            {
-                k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-                for k, v in {**asdict(d), "diff": d.diff}.items()
-            }
-            for d in differences
+        records = [
+            {"a": a, "b": b, "images": len(pa), "differences": _rows(d)}
+            for (a, b), (pa, _), d in zip(files, pairs, per_pair, strict=True)
         ]
-        record = {"a": args.a, "b": args.b, "names": names, "images": len(a), "differences": rows}
+        if len(pairs) == 1:
+            record = {**records[0], "names": names}
+        else:
+            record = {
+                "names": names,
+                "pairs": records,
+                "pooled": [_finite(asdict(d)) for d in pooled],
+                "resamples": args.resamples,
+                "seed": args.seed,
+            }
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
     return 0
 

@@ -8,7 +8,7 @@ variant of a (budget, seed) pair shares a split, the gain of each variant over s
 is also given as the mean +- std of the per-seed paired differences. Where the runs kept their
 test predictions per image (``test_predictions.csv``), each (budget, seed) pair is also
 compared image by image (:func:`hermes.eval.paired.compare`): how far the test images alone
-could move a gain.
+could move a gain; and the seeds together (:func:`hermes.eval.paired.pool`).
 """
 
 from __future__ import annotations
@@ -16,10 +16,18 @@ from __future__ import annotations
 import logging
 import math
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hermes.eval.paired import PREDICTIONS_FILE, compare, read_per_image
+from hermes.eval.paired import (
+    PREDICTIONS_FILE,
+    Difference,
+    PooledDifference,
+    compare,
+    pool,
+    read_per_image,
+)
 from hermes.experiments.runner import Matrix, RunSpec, run_dir
 from hermes.experiments.variants import Variant
 
@@ -142,7 +150,9 @@ def paired_image_tests(matrix: Matrix) -> list[str]:
     """Markdown rows ``variant | budget | seed | AUC | Dice | accuracy`` of the per-image paired
     comparisons against supervised-only (difference, 95 % interval, p-value), for every
     (variant, budget, seed) whose run and supervised-only run both kept their per-image test
-    predictions; empty when none did."""
+    predictions, and per (variant, budget) with two seeds or more a row ``pooled (n)``: the
+    mean over the seeds with the test images' interval (:func:`hermes.eval.paired.pool`);
+    empty when no run kept its predictions."""
     base = next((v for v in matrix.variants if v.name == "supervised"), None)
     if base is None:
         return []
@@ -151,6 +161,7 @@ def paired_image_tests(matrix: Matrix) -> list[str]:
         if v.name == "supervised":
             continue
         for b in matrix.budgets:
+            pairs = []
             for s in matrix.seeds:
                 files = [
                     run_dir(matrix.out, RunSpec(x, b, s)) / PREDICTIONS_FILE for x in (base, v)
@@ -158,19 +169,33 @@ def paired_image_tests(matrix: Matrix) -> list[str]:
                 if not all(f.is_file() for f in files):
                     continue
                 try:
-                    pair = [read_per_image(f) for f in files]
-                    found = {d.metric: d for d in compare(*pair, ("supervised", v.name))}
+                    pair = (read_per_image(files[0]), read_per_image(files[1]))
+                    found = compare(*pair, ("supervised", v.name))
                 except ValueError as exc:  # e.g. a stale file of other images
                     logger.warning("no per-image comparison for %s: %s", files[1].parent, exc)
                     continue
-                cells = [
-                    f"{d.diff * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}], p {d.p:.2f}"
-                    if (d := found.get(m)) is not None
-                    else "-"
-                    for m in ("auc", "dice_lesion", "accuracy")
-                ]
-                rows.append(_row(v.label, [str(b), str(s), *cells]))
+                pairs.append(pair)
+                rows.append(_row(v.label, [str(b), str(s), *_image_cells(found)]))
+            if len(pairs) > 1:
+                try:
+                    pooled = pool(pairs, ("supervised", v.name))[1]
+                except ValueError as exc:  # the seeds' files disagree about an image's label
+                    logger.warning("no pooled comparison for %s at %d labels: %s", v.name, b, exc)
+                    continue
+                rows.append(
+                    _row(v.label, [str(b), f"pooled ({len(pairs)})", *_image_cells(pooled)])
+                )
     return rows
+
+
+def _image_cells(differences: Sequence[Difference | PooledDifference]) -> list[str]:
+    found = {d.metric: d for d in differences}
+    return [
+        f"{d.diff * 100:+.1f} [{d.low * 100:+.1f}, {d.high * 100:+.1f}], p {d.p:.2f}"
+        if (d := found.get(m)) is not None
+        else "-"
+        for m in ("auc", "dice_lesion", "accuracy")
+    ]
 
 
 def _row(label: str, cells: list[str]) -> str:
@@ -237,7 +262,9 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
             "Difference in points [95 % interval], p-value: AUC by DeLong's paired test, lesion "
             "Dice by the paired t-test over images, accuracy by McNemar's exact test "
             "(`python -m hermes.compare`). The interval is what the test images alone leave "
-            "open; the spread over seeds above adds the training's.",
+            "open; the spread over seeds above adds the training's. A row `pooled (n)` is the "
+            "mean over n seeds, its interval from a bootstrap over the distinct test images of "
+            "all of them (an image in several seeds' test sets counts once).",
             "",
             _row("method", ["labeled", "seed", "AUC", "lesion Dice", "accuracy"]),
             "|---|---|---|---|---|---|",

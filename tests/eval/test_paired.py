@@ -19,7 +19,10 @@ from hermes.eval.paired import (
     compare,
     delong_paired,
     format_comparison,
+    format_pooled,
+    pool,
     read_per_image,
+    weighted_auc_difference,
     write_per_image,
 )
 
@@ -217,3 +220,144 @@ def test_three_classes_compare_without_auc() -> None:
     differences = compare(a, a)
     assert [d.metric for d in differences] == ["accuracy", "dice_lesion", "iou_lesion"]
     assert "two classes, not 3" in format_comparison(a, differences)
+
+
+def _alike_pair(ids, rng, image_effect=None, gain=0.0, labels=None):
+    """Two models' rows on ``ids`` (``labels``: alternating unless given): scores and Dice
+    that differ by model noise (plus an image's own ``image_effect`` on the Dice difference,
+    and a ``gain`` for B)."""
+    n = len(ids)
+    labels = np.arange(n) % 2 if labels is None else labels
+    signal = labels + rng.normal(0, 1, n)
+    p_a = 1 / (1 + np.exp(-(signal + rng.normal(0, 0.7, n))))
+    p_b = 1 / (1 + np.exp(-(signal + rng.normal(0, 0.7, n))))
+    dice_a = np.clip(0.6 + rng.normal(0, 0.1, n), 0, 1)
+    shift = gain + (image_effect if image_effect is not None else 0) + rng.normal(0, 0.05, n)
+    return _rows(ids, labels, p_a, dice_a), _rows(ids, labels, p_b, dice_a + shift)
+
+
+def test_weighted_auc_difference_counts_each_image_as_often_as_weighted() -> None:
+    rng = np.random.default_rng(2)
+    positive = np.arange(30) % 3 == 0
+    a, b = np.round(rng.random(30), 1), np.round(rng.random(30), 1)  # ties included
+    auc_a, auc_b, _ = delong_paired(a, b, positive)
+    ones = np.ones((1, 30))
+    assert weighted_auc_difference(a, b, positive, ones)[0] == pytest.approx(auc_b - auc_a)
+    counts = rng.integers(0, 4, 30)
+    counts[:2] = [1, 2]  # keep both classes
+    expanded = np.repeat(np.arange(30), counts)
+    auc_a, auc_b, _ = delong_paired(a[expanded], b[expanded], positive[expanded])
+    got = weighted_auc_difference(a, b, positive, counts[None, :].astype(float))[0]
+    assert got == pytest.approx(auc_b - auc_a)
+    no_positive = np.where(positive, 0.0, 1.0)[None, :]
+    assert np.isnan(weighted_auc_difference(a, b, positive, no_positive)[0])
+
+
+def test_pool_is_the_mean_of_the_pairs_and_counts_a_shared_image_once() -> None:
+    rng = np.random.default_rng(3)
+    first = _alike_pair([f"i{k}" for k in range(60)], rng)
+    second = _alike_pair([f"j{k}" for k in range(60)], rng)
+    per_pair, pooled = pool([first, second], resamples=500)
+    found = {d.metric: d for d in pooled}
+    for m in ("auc", "accuracy", "dice_lesion", "iou_lesion"):
+        diffs = [next(d for d in p if d.metric == m).diff for p in per_pair]
+        assert found[m].diff == pytest.approx(np.mean(diffs))
+        assert found[m].sd == pytest.approx(np.std(diffs, ddof=1))
+        assert found[m].pairs == 2
+    # the same pair twice is no more evidence than once: the interval stays as wide
+    _, once = pool([first], resamples=500)
+    _, twice = pool([first, first], resamples=500)
+    for x, y in zip(once, twice, strict=True):
+        assert (x.low, x.high) == pytest.approx((y.low, y.high))
+        assert y.heterogeneity_p == pytest.approx(1.0)
+    # two pairs on distinct images: about 1/sqrt(2) of one pair's width
+    ratio = (found["dice_lesion"].high - found["dice_lesion"].low) / (once[2].high - once[2].low)
+    assert 0.55 < ratio < 0.85, ratio
+
+
+def test_pool_interval_holds_zero_95_percent_of_the_time_with_overlapping_test_sets() -> None:
+    """Four pairs, each tested on 60 of the same 120 images; every image has its own effect on
+    the Dice difference (as a hard image has for any pair of models), zero on average over
+    the population the images are drawn from. The test-image interval must hold zero about 95 % of the time (200 draws)."""
+    rng = np.random.default_rng(4)
+    covered = {"auc": 0, "dice_lesion": 0}
+    draws = 200
+    for _ in range(draws):
+        effect = rng.normal(0, 0.1, 120)  # the 120 images: a sample of a population
+        pairs = []
+        for _ in range(4):
+            chosen = np.sort(rng.choice(120, 60, replace=False))
+            ids = [f"i{k}" for k in chosen]
+            pairs.append(_alike_pair(ids, rng, effect[chosen], labels=chosen % 2))
+        _, pooled = pool(pairs, resamples=300, seed=int(rng.integers(1 << 30)))
+        for d in pooled:
+            if d.metric in covered:
+                covered[d.metric] += d.low <= 0 <= d.high
+    for metric, count in covered.items():
+        assert 0.89 <= count / draws <= 0.99, (metric, count)
+
+
+def test_pool_heterogeneity_and_a_real_gain() -> None:
+    rng = np.random.default_rng(5)
+    ids = [[f"{s}-{k}" for k in range(80)] for s in range(4)]
+    apart = [_alike_pair(ids[s], rng, gain=g) for s, g in enumerate((0.15, -0.15, 0.15, -0.15))]
+    dice = next(d for d in pool(apart, resamples=300)[1] if d.metric == "dice_lesion")
+    assert dice.heterogeneity_p < 1e-6 and abs(dice.diff) < 0.02
+    assert dice.pairs_low < -0.1 and dice.pairs_high > 0.1  # the t interval holds the spread
+    ahead = [_alike_pair(ids[s], rng, gain=0.03) for s in range(4)]
+    dice = next(d for d in pool(ahead, resamples=300)[1] if d.metric == "dice_lesion")
+    assert dice.low > 0 and dice.p < 1e-3 and dice.heterogeneity_p > 0.01
+
+
+def test_pool_errors_name_the_image_or_pair() -> None:
+    rng = np.random.default_rng(6)
+    first = _alike_pair(["a", "b", "c", "d"], rng)
+    flipped = _rows("abcd", [1, 1, 0, 1], [0.5] * 4, [0.5] * 4)
+    with pytest.raises(ValueError, match="image a is benign in an earlier pair and malignant"):
+        pool([first, (flipped, flipped)])
+    three = PerImage(
+        list("ab"),
+        ["n", "b", "m"],
+        np.array([0, 1]),
+        np.array([0, 1]),
+        np.eye(3)[:2],
+        np.ones(2),
+        np.ones(2),
+    )
+    with pytest.raises(ValueError, match=r"A \(pair 2\) has classes"):
+        pool([first, (three, three)])
+    with pytest.raises(ValueError, match="no pairs"):
+        pool([])
+    other = _alike_pair(["a", "b", "c", "e"], rng)
+    with pytest.raises(ValueError, match=r"only in A \(pair 1\)"):
+        pool([(first[0], other[1])])
+
+
+def test_compare_cli_pools_pairs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(7)
+    args = []
+    for s in range(3):
+        a, b = _alike_pair([f"{s}{k}" for k in range(20)], rng, gain=0.05)
+        args += ["--pair", str(write_per_image(tmp_path / f"a{s}.csv", a))]
+        args.append(str(write_per_image(tmp_path / f"b{s}.csv", b)))
+    out = tmp_path / "pooled.json"
+    assert compare_main([*args, "--names", "sup", "hermes", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "pair 3:" in text and "3 pairs pooled: 60 distinct test images, 20 per pair" in text
+    record = json.loads(out.read_text())
+    assert len(record["pairs"]) == 3 and record["names"] == ["sup", "hermes"]
+    dice = next(d for d in record["pooled"] if d["metric"] == "dice_lesion")
+    per_pair = [
+        next(d["diff"] for d in p["differences"] if d["metric"] == "dice_lesion")
+        for p in record["pairs"]
+    ]
+    assert dice["diff"] == pytest.approx(np.mean(per_pair)) and dice["low"] > 0
+    with pytest.raises(SystemExit):
+        compare_main([str(tmp_path / "a0.csv"), str(tmp_path / "b0.csv"), *args[:3]])
+    with pytest.raises(SystemExit):
+        compare_main([*args, "--resamples", "1"])
+    pairs = [
+        (read_per_image(tmp_path / f"a{s}.csv"), read_per_image(tmp_path / f"b{s}.csv"))
+        for s in range(3)
+    ]
+    assert "spread p" in format_pooled(pairs, pool(pairs, resamples=50)[1])

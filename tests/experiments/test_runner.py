@@ -121,8 +121,11 @@ def test_trains_every_run_once_and_writes_the_tables(first_run: dict) -> None:
     assert (out / "results.png").stat().st_size > 0
     # each seed's test images, Hermes against supervised-only image by image
     per_image = md.split("## Gains per test image")[1].split("## Pseudo")[0]
-    rows = [r for r in per_image.splitlines() if r.startswith("| Hermes | 8 |")]
-    assert len(rows) == 2 and all(", p " in r for r in rows)
+    rows = [r.split(" | ") for r in per_image.splitlines() if r.startswith("| Hermes | 8 |")]
+    assert [r[2] for r in rows] == ["0", "1", "pooled (2)"]  # and the two seeds together
+    assert all(", p " in cell for r in rows for cell in r[3:])
+    dice = [float(r[4].split(" [")[0]) for r in rows]
+    assert dice[2] == pytest.approx((dice[0] + dice[1]) / 2, abs=0.1)  # cells are rounded
     summary = json.loads((out / "summary.json").read_text())
     cell = summary["dice_lesion"]["hermes"]["8"]
     assert cell["n"] == 2 and len(cell["values"]) == 2
