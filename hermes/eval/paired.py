@@ -466,6 +466,13 @@ def format_pooled(
             f"[{d.low:+.4f}, {d.high:+.4f}]  {d.p:6.3f}  "
             f"[{d.pairs_low:+.4f}, {d.pairs_high:+.4f}]  {d.heterogeneity_p:8.3f}"
         )
+    classes = pairs[0][0].classes if pairs else []
+    if len(classes) == 2 and not any(d.metric == "auc" for d in pooled):
+        lines.append("auc: not pooled (a pair has fewer than two images of a class)")
+    elif len(classes) > 2:
+        lines.append(
+            f"auc: not compared (the paired test here takes two classes, not {len(classes)})"
+        )
     lines.append(
         "sd: spread of the per-pair differences; 95% (test images): bootstrap over the distinct "
         "test images, models fixed; 95% (pairs, t): over the pairs; spread p: Cochran's Q, "

@@ -326,6 +326,11 @@ def test_pool_errors_name_the_image_or_pair() -> None:
     )
     with pytest.raises(ValueError, match=r"A \(pair 2\) has classes"):
         pool([first, (three, three)])
+    pairs = [(three, three), (three, three)]
+    assert "two classes, not 3" in format_pooled(pairs, pool(pairs, resamples=20)[1])
+    one_class = _rows("xyz", [0, 0, 1], [0.2, 0.3, 0.9], [0.5] * 3)
+    pairs = [first, (one_class, one_class)]
+    assert "auc: not pooled" in format_pooled(pairs, pool(pairs, resamples=20)[1])
     with pytest.raises(ValueError, match="no pairs"):
         pool([])
     other = _alike_pair(["a", "b", "c", "e"], rng)
