@@ -198,6 +198,73 @@ def _image_cells(differences: Sequence[Difference | PooledDifference]) -> list[s
     ]
 
 
+PER_CLASS_KEYS = (
+    ("kept_unlabeled", "kept"),
+    ("acc_kept_unlabeled", "right, kept"),
+    ("acc_dropped_unlabeled", "right, dropped"),
+    ("precision_kept_unlabeled", "precision, kept"),
+)
+"""Per true class ``c`` (``<key>_<c>`` in a run's ``end_of_training``): the fraction of the
+class's entries kept, the fraction right among its kept and its dropped entries, and the
+fraction right among the kept entries pseudo-labeled ``c``."""
+
+
+def pseudo_labels_per_class(matrix: Matrix, table: dict) -> list[str]:
+    """Markdown lines of the pseudo-label statistics per true class at the end of training
+    (mean over seeds, %), a row per variant, budget and task (images, pixels); empty when no
+    run logged them (runs of earlier versions)."""
+    rows, classes = [], 0
+    for v in matrix.variants:
+        if v.name == "supervised":
+            continue
+        for b in matrix.budgets:
+            runs = list(table.get(v.name, {}).get(b, {}).values())
+            for task, what in (("cls", "images"), ("seg", "pixels")):
+                cells = []
+                for c in range(8):
+                    keys = [f"pseudo_{task}/{k}_{c}" for k, _ in PER_CLASS_KEYS]
+                    if not any(keys[0] in r.get("end_of_training", {}) for r in runs):
+                        break
+                    for key in keys:
+                        vals = [
+                            float(r.get("end_of_training", {}).get(key, math.nan)) for r in runs
+                        ]
+                        mean, _, n = mean_std(vals)
+                        cells.append(f"{mean * 100:.1f}" if n else "-")
+                if cells:
+                    classes = max(classes, len(cells) // len(PER_CLASS_KEYS))
+                    rows.append((v.label, str(b), what, cells))
+    if not rows:
+        return []
+    names = _class_names(table, classes)
+    legend = ", ".join(f"{c} = {n}" for c, n in enumerate(names[:classes]))
+    head = [f"{c}: {label}" for c in range(classes) for _, label in PER_CLASS_KEYS]
+    return [
+        "",
+        "## Pseudo-labels per true class at the end of training (last quarter of the steps, "
+        "unlabeled stream; mean over seeds, %)",
+        "",
+        "Per true class: the fraction of its images (pixels) kept, right among its kept and "
+        "among its dropped ones, and right among those kept with its label (precision). "
+        f"Classes: images {legend}; pixels 0 = background, 1 = lesion.",
+        "",
+        _row("method", ["labeled", "task", *head]),
+        "|" + "---|" * (len(head) + 3),
+        *(_row(label, [b, what, *cells]) for label, b, what, cells in rows),
+    ]
+
+
+def _class_names(table: dict, count: int) -> list[str]:
+    """The image classes of the runs' configuration (``data.classes``), else ``class <c>``."""
+    for budgets in table.values():
+        for runs in budgets.values():
+            for r in runs.values():
+                names = r.get("config", {}).get("data", {}).get("classes")
+                if isinstance(names, list) and len(names) >= count:
+                    return [str(n) for n in names]
+    return [f"class {c}" for c in range(count)]
+
+
 def _row(label: str, cells: list[str]) -> str:
     return "| " + " | ".join([label, *cells]) + " |"
 
@@ -291,6 +358,7 @@ def markdown(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str 
                 mean, _, n = mean_std(vals)
                 cells.append(f"{mean * 100:.1f}" if n else "-")
         lines.append(_row(v.label, cells))
+    lines += pseudo_labels_per_class(matrix, table)
     lines += [
         "",
         "## Loss balance at the end of training (last quarter of the steps, weighted "

@@ -440,17 +440,48 @@ def log_truth(
     where: str,
     comm: Comm,
 ) -> None:
-    """Pseudo-label accuracy of the kept and the dropped entries against known truth."""
+    """Pseudo-label accuracy of the kept and the dropped entries against known truth, overall
+    and per true class ``c`` (images for ``cls``, pixels for ``seg``):
+
+    - ``acc_kept_<where>`` / ``acc_dropped_<where>``: the fraction right among the kept / the
+      dropped entries; ``kept_<where>``: the fraction kept;
+    - ``acc_kept_<where>_<c>``, ``acc_dropped_<where>_<c>``, ``kept_<where>_<c>``: the same
+      among the entries whose true class is ``c``;
+    - ``precision_kept_<where>_<c>``: the fraction right among the kept entries pseudo-labeled
+      ``c``.
+
+    A fraction of no entries is NaN."""
     valid = torch.isfinite(out.confidence)
     correct = out.labels == truth
     kept = out.reliable & valid
     dropped = ~out.reliable & valid
-    sums = torch.stack(
-        [(correct & kept).sum(), kept.sum(), (correct & dropped).sum(), dropped.sum(), valid.sum()]
-    ).float()
+    num_classes = out.thresholds.numel()
+    counts = [(correct & kept).sum(), kept.sum(), (correct & dropped).sum(), dropped.sum()]
+    counts.append(valid.sum())
+    for c in range(num_classes):
+        true_c, labeled_c = truth == c, out.labels == c
+        counts += [
+            (correct & kept & true_c).sum(),
+            (kept & true_c).sum(),
+            (correct & dropped & true_c).sum(),
+            (dropped & true_c).sum(),
+            (valid & true_c).sum(),
+            (kept & labeled_c).sum(),
+        ]
+    sums = torch.stack(counts).float()
     if comm.world_size > 1:
         sums = comm.all_reduce_sum(sums)
     nan = torch.full_like(sums[0], math.nan)
-    logs[f"pseudo_{task}/acc_kept_{where}"] = torch.where(sums[1] > 0, sums[0] / sums[1], nan)
-    logs[f"pseudo_{task}/acc_dropped_{where}"] = torch.where(sums[3] > 0, sums[2] / sums[3], nan)
+
+    def ratio(num: Tensor, den: Tensor) -> Tensor:
+        return torch.where(den > 0, num / den.clamp(min=1), nan)
+
+    logs[f"pseudo_{task}/acc_kept_{where}"] = ratio(sums[0], sums[1])
+    logs[f"pseudo_{task}/acc_dropped_{where}"] = ratio(sums[2], sums[3])
     logs[f"pseudo_{task}/kept_{where}"] = sums[1] / sums[4].clamp(min=1)
+    for c in range(num_classes):
+        right, kept_c, right_dropped, dropped_c, all_c, labeled_c = sums[5 + 6 * c : 11 + 6 * c]
+        logs[f"pseudo_{task}/acc_kept_{where}_{c}"] = ratio(right, kept_c)
+        logs[f"pseudo_{task}/acc_dropped_{where}_{c}"] = ratio(right_dropped, dropped_c)
+        logs[f"pseudo_{task}/kept_{where}_{c}"] = ratio(kept_c, all_c)
+        logs[f"pseudo_{task}/precision_kept_{where}_{c}"] = ratio(right, labeled_c)

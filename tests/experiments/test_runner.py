@@ -126,6 +126,13 @@ def test_trains_every_run_once_and_writes_the_tables(first_run: dict) -> None:
     assert all(", p " in cell for r in rows for cell in r[3:])
     dice = [float(r[4].split(" [")[0]) for r in rows]
     assert dice[2] == pytest.approx((dice[0] + dice[1]) / 2, abs=0.1)  # cells are rounded
+    # the pseudo-labels per true class, for images and pixels
+    per_class = md.split("## Pseudo-labels per true class")[1].split("## Loss")[0]
+    assert "Classes: images 0 = " in per_class
+    rows = [r.split(" | ") for r in per_class.splitlines() if r.startswith("| Hermes | 8 |")]
+    assert [r[2] for r in rows] == ["images", "pixels"] and all(len(r) == 3 + 8 for r in rows)
+    kept = [float(r[3]) for r in rows]  # class 0 kept, in %
+    assert all(0 <= k <= 100 for k in kept)
     summary = json.loads((out / "summary.json").read_text())
     cell = summary["dice_lesion"]["hermes"]["8"]
     assert cell["n"] == 2 and len(cell["values"]) == 2

@@ -256,3 +256,56 @@ def test_authors_pixel_rule_changes_the_unlabeled_dice() -> None:
     )
     assert ours["loss/seg_sup"].item() == theirs["loss/seg_sup"].item()
     assert ours["loss/dice_u"].item() != theirs["loss/dice_u"].item()
+
+
+def test_pseudo_label_truth_statistics_per_class() -> None:
+    from hermes.comm import LocalComm
+    from hermes.method.method import log_truth
+    from hermes.ops.dual_threshold import DualThresholdOutput
+
+    # truth 0 0 0 1 1 1; pseudo-labels 0 1 0 1 1 0; kept: entries 0, 1, 3 (and 5, which has
+    # no valid confidence and is left out); dropped: 2 and 4
+    out = DualThresholdOutput(
+        labels=torch.tensor([0, 1, 0, 1, 1, 0]),
+        confidence=torch.tensor([0.9, 0.8, 0.6, 0.9, 0.5, math.nan]),
+        entropy=torch.zeros(6),
+        reliable=torch.tensor([True, True, False, True, False, True]),
+        thresholds=torch.tensor([0.7, 0.7]),
+        stats=None,
+    )
+    logs: dict[str, torch.Tensor] = {}
+    log_truth(logs, "cls", out, torch.tensor([0, 0, 0, 1, 1, 1]), "unlabeled", LocalComm())
+    want = {
+        "acc_kept_unlabeled": 2 / 3,
+        "acc_dropped_unlabeled": 1.0,
+        "kept_unlabeled": 3 / 5,
+        "acc_kept_unlabeled_0": 1 / 2,  # entries 0 (right) and 1 (wrong)
+        "acc_dropped_unlabeled_0": 1.0,
+        "kept_unlabeled_0": 2 / 3,
+        "precision_kept_unlabeled_0": 1.0,  # entry 0 is the one kept as 0
+        "acc_kept_unlabeled_1": 1.0,
+        "acc_dropped_unlabeled_1": 1.0,
+        "kept_unlabeled_1": 1 / 2,
+        "precision_kept_unlabeled_1": 1 / 2,  # entries 1 (truth 0) and 3 kept as 1
+    }
+    got = {k.split("/")[1]: v.item() for k, v in logs.items()}
+    assert got == pytest.approx(want)
+    logs.clear()  # nothing kept: the kept fractions are NaN, not 0
+    log_truth(
+        logs,
+        "seg",
+        DualThresholdOutput(
+            out.labels,
+            out.confidence,
+            out.entropy,
+            torch.zeros(6, dtype=torch.bool),
+            out.thresholds,
+            None,
+        ),
+        torch.tensor([0, 0, 0, 1, 1, 1]),
+        "labeled",
+        LocalComm(),
+    )
+    assert math.isnan(logs["pseudo_seg/acc_kept_labeled_1"].item())
+    assert math.isnan(logs["pseudo_seg/precision_kept_labeled_0"].item())
+    assert logs["pseudo_seg/kept_labeled_1"].item() == 0.0
