@@ -13,6 +13,7 @@ could move a gain; and the seeds together (:func:`hermes.eval.paired.pool`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import statistics
@@ -220,8 +221,8 @@ def pseudo_labels_per_class(matrix: Matrix, table: dict) -> list[str]:
         for b in matrix.budgets:
             runs = list(table.get(v.name, {}).get(b, {}).values())
             for task, what in (("cls", "images"), ("seg", "pixels")):
-                cells = []
-                for c in range(8):
+                cells: list[str] = []
+                for c in itertools.count():
                     keys = [f"pseudo_{task}/{k}_{c}" for k, _ in PER_CLASS_KEYS]
                     if not any(keys[0] in r.get("end_of_training", {}) for r in runs):
                         break
@@ -239,6 +240,7 @@ def pseudo_labels_per_class(matrix: Matrix, table: dict) -> list[str]:
     names = _class_names(table, classes)
     legend = ", ".join(f"{c} = {n}" for c, n in enumerate(names[:classes]))
     head = [f"{c}: {label}" for c in range(classes) for _, label in PER_CLASS_KEYS]
+    width = len(head)  # pixels have two classes where images may have more
     return [
         "",
         "## Pseudo-labels per true class at the end of training (last quarter of the steps, "
@@ -250,7 +252,10 @@ def pseudo_labels_per_class(matrix: Matrix, table: dict) -> list[str]:
         "",
         _row("method", ["labeled", "task", *head]),
         "|" + "---|" * (len(head) + 3),
-        *(_row(label, [b, what, *cells]) for label, b, what, cells in rows),
+        *(
+            _row(label, [b, what, *cells, *["-"] * (width - len(cells))])
+            for label, b, what, cells in rows
+        ),
     ]
 
 
