@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str = "") ->
 def plot_pseudo_labels(history: list[dict[str, float]], path: Path, title: str = "") -> None:
     """Kept fractions, thresholds, and pseudo-label accuracy of kept vs dropped entries."""
     window = max(len(history) // 30, 1)
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8), squeeze=False)
+    fig, axes = plt.subplots(2, 4, figsize=(21, 8), squeeze=False)
     for row, task in enumerate(("cls", "seg")):
         p = f"pseudo_{task}/"
         panels = [
@@ -103,6 +104,17 @@ def plot_pseudo_labels(history: list[dict[str, float]], path: Path, title: str =
                     (f"{p}acc_dropped_labeled", "dropped, labeled"),
                     (f"{p}acc_kept_unlabeled", "kept, unlabeled truth"),
                     (f"{p}acc_dropped_unlabeled", "dropped, unlabeled truth"),
+                ],
+            ),
+            (
+                "per true class, unlabeled truth",
+                [
+                    series
+                    for c in range(3)
+                    for series in (
+                        (f"{p}kept_unlabeled_{c}", f"class {c}: kept"),
+                        (f"{p}acc_kept_unlabeled_{c}", f"class {c}: right among kept"),
+                    )
                 ],
             ),
         ]
@@ -168,6 +180,13 @@ def _tail_mean(history: list[dict[str, float]], key: str, fraction: float = 0.2)
     return sum(finite) / len(finite) if finite else math.nan
 
 
+PER_CLASS_KEY = re.compile(
+    r"pseudo_(cls|seg)/(kept|acc_kept|acc_dropped|precision_kept)_unlabeled_\d+"
+)
+"""The per-true-class pseudo-label statistics of the unlabeled stream
+(:func:`hermes.method.method.log_truth`)."""
+
+
 def run_summary(result: RunResult) -> dict[str, Any]:
     """The run's numbers for ``metrics.json``."""
     h = result.state.history
@@ -184,6 +203,7 @@ def run_summary(result: RunResult) -> dict[str, Any]:
             "pseudo_cls/acc_dropped_unlabeled",
             "pseudo_seg/acc_kept_unlabeled",
             "pseudo_seg/acc_dropped_unlabeled",
+            *(key for key in (h[-1] if h else {}) if PER_CLASS_KEY.fullmatch(key)),
         )
     }
     return {

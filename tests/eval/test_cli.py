@@ -72,6 +72,14 @@ def test_train_cli_compares_hermes_and_baseline(
     assert "4 images (" in paired and "McNemar exact" in paired and "dice_lesion" in paired
     runs = json.loads((trained / "report" / "metrics.json").read_text())
     assert [r["mode"] for r in runs] == ["hermes", "supervised"]
+    # the pseudo-labels against the unlabeled stream's hidden truth, per true class too
+    pseudo = runs[0]["pseudo_labels_last_20pct"]
+    for task in ("cls", "seg"):
+        for c in (0, 1):
+            kept = pseudo[f"pseudo_{task}/kept_unlabeled_{c}"]
+            assert kept is None or 0 <= kept <= 1
+            assert f"pseudo_{task}/precision_kept_unlabeled_{c}" in pseudo
+    assert (trained / "hermes" / "report" / "pseudo_labels.png").is_file()
     assert (trained / "report" / "test_metrics.png").is_file()
     for name in ("hermes", "supervised"):
         assert (trained / name / "report" / "summary.md").is_file()
