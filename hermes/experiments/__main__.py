@@ -7,7 +7,8 @@
         --out runs/experiments/busi --workers 2
 
 Rerunning the same command trains only the runs without a result; ``--tables-only`` rewrites
-``results.md``, ``results.png`` and ``summary.json`` from the results present.
+``results.md``, ``results.png``, ``summary.json`` and ``gains_per_image.json`` from the results
+present.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from hermes.experiments.runner import Matrix, RunSpec, load_result, result_path, run_matrix
-from hermes.experiments.tables import markdown, plot, plot_pseudo, summarize
+from hermes.experiments.tables import (
+    image_comparisons,
+    markdown,
+    plot,
+    plot_pseudo,
+    summarize,
+)
 from hermes.experiments.variants import VARIANTS, get_variants
 
 
@@ -77,7 +84,10 @@ def build_matrix(args: argparse.Namespace) -> Matrix:
 
 
 def write_tables(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: str) -> Path:
-    """Write ``results.md``, ``results.png`` and ``summary.json`` into the experiment folder."""
+    """Write ``results.md``, ``results.png``, ``summary.json`` and, where runs kept their
+    per-image test predictions, ``gains_per_image.json`` (every seed's and the pooled
+    comparison against supervised-only, :func:`~hermes.experiments.tables.image_comparisons`)
+    into the experiment folder."""
     title = title or f"Experiments in {matrix.out}"
     md = matrix.out / "results.md"
     md.write_text(markdown(matrix, results, title))
@@ -88,6 +98,9 @@ def write_tables(matrix: Matrix, results: dict[RunSpec, dict[str, Any]], title: 
         )
     summary = summarize(matrix, results)
     (matrix.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    comparisons = [c.record() for c in image_comparisons(matrix)]
+    if comparisons:
+        (matrix.out / "gains_per_image.json").write_text(json.dumps(comparisons, indent=1) + "\n")
     return md
 
 

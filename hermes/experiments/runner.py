@@ -8,6 +8,8 @@ Layout of an experiment folder ``out``::
         test_predictions.csv                    the final evaluation per test image (the input
                                                 of ``python -m hermes.compare``)
     out/results.md, out/results.png, out/summary.json   (see :mod:`hermes.experiments.tables`)
+    out/gains_per_image.json                    each seed's and the pooled per-image comparison
+                                                against supervised-only
 
 A run whose ``result.json`` exists with the same configuration (:func:`same_config`) is skipped, so rerunning the
 command only trains what is missing; an interrupted run continues from its ``last.pt`` when the

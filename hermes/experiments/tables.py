@@ -18,6 +18,7 @@ import logging
 import math
 import statistics
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,22 +148,52 @@ def summarize(matrix: Matrix, results: dict[RunSpec, dict[str, Any]]) -> dict[st
     return out
 
 
-def paired_image_tests(matrix: Matrix) -> list[str]:
-    """Markdown rows ``variant | budget | seed | AUC | Dice | accuracy`` of the per-image paired
-    comparisons against supervised-only (difference, 95 % interval, p-value), for every
-    (variant, budget, seed) whose run and supervised-only run both kept their per-image test
-    predictions, and per (variant, budget) with two seeds or more a row ``pooled (n)``: the
-    mean over the seeds with the test images' interval (:func:`hermes.eval.paired.pool`);
-    empty when no run kept its predictions."""
+@dataclass(frozen=True)
+class ImageComparison:
+    """A variant against supervised-only image by image at one budget: for one seed
+    (``seed``; ``differences`` from :func:`hermes.eval.paired.compare`) or pooled over the
+    ``seeds`` (``seed`` None; :func:`hermes.eval.paired.pool`)."""
+
+    variant: Variant
+    budget: int
+    seed: int | None
+    seeds: tuple[int, ...]
+    differences: list[Difference] | list[PooledDifference]
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-ready dict (non-finite numbers as None)."""
+        rows = [
+            {
+                k: (x if not isinstance(x, float) or math.isfinite(x) else None)
+                for k, x in asdict(d).items()
+            }
+            for d in self.differences
+        ]
+        for row, d in zip(rows, self.differences, strict=True):
+            row["diff"] = d.diff
+        return {
+            "variant": self.variant.name,
+            "budget": self.budget,
+            "seed": self.seed if self.seed is not None else "pooled",
+            "seeds": list(self.seeds),
+            "differences": rows,
+        }
+
+
+def image_comparisons(matrix: Matrix) -> list[ImageComparison]:
+    """Every variant against supervised-only image by image, for every (variant, budget, seed)
+    whose run and supervised-only run both kept their per-image test predictions, and per
+    (variant, budget) with two such seeds or more, pooled over them; empty without a
+    supervised-only variant. A file of other images is left out with a warning."""
     base = next((v for v in matrix.variants if v.name == "supervised"), None)
     if base is None:
         return []
-    rows = []
+    out = []
     for v in matrix.variants:
         if v.name == "supervised":
             continue
         for b in matrix.budgets:
-            pairs = []
+            pairs, seeds = [], []
             for s in matrix.seeds:
                 files = [
                     run_dir(matrix.out, RunSpec(x, b, s)) / PREDICTIONS_FILE for x in (base, v)
@@ -176,17 +207,33 @@ def paired_image_tests(matrix: Matrix) -> list[str]:
                     logger.warning("no per-image comparison for %s: %s", files[1].parent, exc)
                     continue
                 pairs.append(pair)
-                rows.append(_row(v.label, [str(b), str(s), *_image_cells(found)]))
+                seeds.append(s)
+                out.append(ImageComparison(v, b, s, (s,), found))
             if len(pairs) > 1:
                 try:
                     pooled = pool(pairs, ("supervised", v.name))[1]
                 except ValueError as exc:  # the seeds' files disagree about an image's label
                     logger.warning("no pooled comparison for %s at %d labels: %s", v.name, b, exc)
                     continue
-                rows.append(
-                    _row(v.label, [str(b), f"pooled ({len(pairs)})", *_image_cells(pooled)])
-                )
-    return rows
+                out.append(ImageComparison(v, b, None, tuple(seeds), pooled))
+    return out
+
+
+def paired_image_tests(matrix: Matrix) -> list[str]:
+    """Markdown rows ``variant | budget | seed | AUC | Dice | accuracy`` of
+    :func:`image_comparisons` (difference, 95 % interval, p-value in points), a row
+    ``pooled (n)`` for the seeds together; empty when no run kept its predictions."""
+    return [
+        _row(
+            c.variant.label,
+            [
+                str(c.budget),
+                str(c.seed) if c.seed is not None else f"pooled ({len(c.seeds)})",
+                *_image_cells(c.differences),
+            ],
+        )
+        for c in image_comparisons(matrix)
+    ]
 
 
 def _image_cells(differences: Sequence[Difference | PooledDifference]) -> list[str]:

@@ -133,6 +133,17 @@ def test_trains_every_run_once_and_writes_the_tables(first_run: dict) -> None:
     assert [r[2] for r in rows] == ["images", "pixels"] and all(len(r) == 3 + 8 for r in rows)
     kept = [float(r[3]) for r in rows]  # class 0 kept, in %
     assert all(0 <= k <= 100 for k in kept)
+    gains = json.loads((out / "gains_per_image.json").read_text())
+    assert [(g["variant"], g["seed"]) for g in gains] == [
+        ("hermes", 0),
+        ("hermes", 1),
+        ("hermes", "pooled"),
+    ]
+    pooled = {d["metric"]: d for d in gains[2]["differences"]}
+    seeds = [{d["metric"]: d for d in g["differences"]} for g in gains[:2]]
+    assert gains[2]["seeds"] == [0, 1] and "heterogeneity_p" in pooled["dice_lesion"]
+    want = (seeds[0]["dice_lesion"]["diff"] + seeds[1]["dice_lesion"]["diff"]) / 2
+    assert pooled["dice_lesion"]["diff"] == pytest.approx(want)
     summary = json.loads((out / "summary.json").read_text())
     cell = summary["dice_lesion"]["hermes"]["8"]
     assert cell["n"] == 2 and len(cell["values"]) == 2
