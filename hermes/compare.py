@@ -27,30 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from hermes.eval.paired import (
-    Difference,
     compare,
+    difference_record,
     format_comparison,
     format_pooled,
     pool,
     read_per_image,
 )
-
-
-def _finite(record: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()
-    }
-
-
-def _rows(differences: list[Difference]) -> list[dict[str, Any]]:
-    return [_finite({**asdict(d), "diff": d.diff}) for d in differences]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_pooled(pairs, pooled, names))
     if args.out:
         records = [
-            {"a": a, "b": b, "images": len(pa), "differences": _rows(d)}
+            {"a": a, "b": b, "images": len(pa), "differences": [difference_record(x) for x in d]}
             for (a, b), (pa, _), d in zip(files, pairs, per_pair, strict=True)
         ]
         if len(pairs) == 1:
@@ -120,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             record = {
                 "names": names,
                 "pairs": records,
-                "pooled": [_finite(asdict(d)) for d in pooled],
+                "pooled": [difference_record(d) for d in pooled],
                 "resamples": args.resamples,
                 "seed": args.seed,
             }

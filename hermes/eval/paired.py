@@ -33,8 +33,9 @@ import csv
 import math
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -443,6 +444,14 @@ def pool(
             )
         )
     return per_pair, out
+
+
+def difference_record(d: Difference | PooledDifference) -> dict[str, Any]:
+    """``d`` as a JSON-ready dict with its ``diff``, non-finite numbers as None."""
+    record = {**asdict(d), "diff": d.diff}
+    return {
+        k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()
+    }
 
 
 def format_pooled(

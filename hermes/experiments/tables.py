@@ -18,7 +18,7 @@ import logging
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +27,13 @@ from hermes.eval.paired import (
     Difference,
     PooledDifference,
     compare,
+    difference_record,
     pool,
     read_per_image,
 )
 from hermes.experiments.runner import Matrix, RunSpec, run_dir
 from hermes.experiments.variants import Variant
+from hermes.method.method import TRUTH_STATS_PER_CLASS
 
 logger = logging.getLogger(__name__)
 
@@ -162,21 +164,12 @@ class ImageComparison:
 
     def record(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite numbers as None)."""
-        rows = [
-            {
-                k: (x if not isinstance(x, float) or math.isfinite(x) else None)
-                for k, x in asdict(d).items()
-            }
-            for d in self.differences
-        ]
-        for row, d in zip(rows, self.differences, strict=True):
-            row["diff"] = d.diff
         return {
             "variant": self.variant.name,
             "budget": self.budget,
             "seed": self.seed if self.seed is not None else "pooled",
             "seeds": list(self.seeds),
-            "differences": rows,
+            "differences": [difference_record(d) for d in self.differences],
         }
 
 
@@ -246,11 +239,13 @@ def _image_cells(differences: Sequence[Difference | PooledDifference]) -> list[s
     ]
 
 
-PER_CLASS_KEYS = (
-    ("kept_unlabeled", "kept"),
-    ("acc_kept_unlabeled", "right, kept"),
-    ("acc_dropped_unlabeled", "right, dropped"),
-    ("precision_kept_unlabeled", "precision, kept"),
+PER_CLASS_KEYS = tuple(
+    (f"{name}_unlabeled", label)
+    for name, label in zip(
+        TRUTH_STATS_PER_CLASS,
+        ("kept", "right, kept", "right, dropped", "precision, kept"),
+        strict=True,
+    )
 )
 """Per true class ``c`` (``<key>_<c>`` in a run's ``end_of_training``): the fraction of the
 class's entries kept, the fraction right among its kept and its dropped entries, and the
@@ -266,18 +261,15 @@ def pseudo_labels_per_class(matrix: Matrix, table: dict) -> list[str]:
         if v.name == "supervised":
             continue
         for b in matrix.budgets:
-            runs = list(table.get(v.name, {}).get(b, {}).values())
+            ends = [r.get("end_of_training", {}) for r in table.get(v.name, {}).get(b, {}).values()]
             for task, what in (("cls", "images"), ("seg", "pixels")):
                 cells: list[str] = []
                 for c in itertools.count():
                     keys = [f"pseudo_{task}/{k}_{c}" for k, _ in PER_CLASS_KEYS]
-                    if not any(keys[0] in r.get("end_of_training", {}) for r in runs):
+                    if not any(keys[0] in end for end in ends):
                         break
                     for key in keys:
-                        vals = [
-                            float(r.get("end_of_training", {}).get(key, math.nan)) for r in runs
-                        ]
-                        mean, _, n = mean_std(vals)
+                        mean, _, n = mean_std([float(end.get(key, math.nan)) for end in ends])
                         cells.append(f"{mean * 100:.1f}" if n else "-")
                 if cells:
                     classes = max(classes, len(cells) // len(PER_CLASS_KEYS))

@@ -432,6 +432,10 @@ def log_pseudo(logs: dict[str, Tensor], task: str, out: DualThresholdOutput) -> 
     logs[f"pseudo_{task}/mean_entropy"] = s.mean_entropy.detach()
 
 
+TRUTH_STATS_PER_CLASS = ("kept", "acc_kept", "acc_dropped", "precision_kept")
+"""The per-true-class statistics :func:`log_truth` logs, as ``pseudo_<task>/<name>_<where>_<c>``."""
+
+
 def log_truth(
     logs: dict[str, Tensor],
     task: str,
@@ -481,7 +485,11 @@ def log_truth(
     logs[f"pseudo_{task}/kept_{where}"] = sums[1] / sums[4].clamp(min=1)
     for c in range(num_classes):
         right, kept_c, right_dropped, dropped_c, all_c, labeled_c = sums[5 + 6 * c : 11 + 6 * c]
-        logs[f"pseudo_{task}/acc_kept_{where}_{c}"] = ratio(right, kept_c)
-        logs[f"pseudo_{task}/acc_dropped_{where}_{c}"] = ratio(right_dropped, dropped_c)
-        logs[f"pseudo_{task}/kept_{where}_{c}"] = ratio(kept_c, all_c)
-        logs[f"pseudo_{task}/precision_kept_{where}_{c}"] = ratio(right, labeled_c)
+        values = (
+            ratio(kept_c, all_c),
+            ratio(right, kept_c),
+            ratio(right_dropped, dropped_c),
+            ratio(right, labeled_c),
+        )
+        for name, value in zip(TRUTH_STATS_PER_CLASS, values, strict=True):
+            logs[f"pseudo_{task}/{name}_{where}_{c}"] = value

@@ -25,6 +25,7 @@ from hermes.eval.paired import (  # noqa: E402
     format_comparison,
     write_per_image,
 )
+from hermes.method.method import TRUTH_STATS_PER_CLASS  # noqa: E402
 
 if TYPE_CHECKING:
     from hermes.train.state import RunResult
@@ -180,9 +181,7 @@ def _tail_mean(history: list[dict[str, float]], key: str, fraction: float = 0.2)
     return sum(finite) / len(finite) if finite else math.nan
 
 
-PER_CLASS_KEY = re.compile(
-    r"pseudo_(cls|seg)/(kept|acc_kept|acc_dropped|precision_kept)_unlabeled_\d+"
-)
+PER_CLASS_KEY = re.compile(rf"pseudo_(cls|seg)/({'|'.join(TRUTH_STATS_PER_CLASS)})_unlabeled_\d+")
 """The per-true-class pseudo-label statistics of the unlabeled stream
 (:func:`hermes.method.method.log_truth`)."""
 
