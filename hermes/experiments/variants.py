@@ -86,6 +86,11 @@ VARIANTS: dict[str, Variant] = {
             (("method.distribution_alignment", True),),
         ),
         Variant(
+            "strict_lesion",
+            "Hermes, pixel class thresholds bounded below by 0.8 (stricter lesion pseudo-labels)",
+            (("method.seg_tau_min", 0.8),),
+        ),
+        Variant(
             "itc_cls",
             "Hermes, inter-task consistency training the classification branch",
             (("method.itc_trains", "cls"),),

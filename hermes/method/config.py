@@ -139,6 +139,13 @@ class MethodConfig:
         pseudo_labels: ``"dual"`` (class-wise adaptive confidence AND entropy thresholds) or
             ``"fixed"`` (the ablation: confidence > ``fixed_threshold`` alone).
         tau_max, tau_min: bounds of the class-wise confidence threshold.
+        seg_tau_min: the lower bound of the pixel (segmentation) class thresholds, ``None``
+            (the paper) for ``tau_min``. A class's threshold falls towards the lower bound as
+            its share of the predictions falls, so the lesion, a small share of the pixels,
+            sits near it (``tau_max - (tau_max - seg_tau_min) * (1 - r_lesion)``) while the
+            background stays near ``tau_max``: raising it makes the lesion pseudo-labels
+            stricter and leaves the background's almost as they are. Unused by
+            ``pseudo_labels: fixed``.
         pixel_reliability: which segmentation pixels the unlabeled terms use. ``"and"``
             (the project's reading of the paper): confident AND certain for both ``Dice_u`` and
             the pixel contrast. ``"authors"`` (the public code): confident OR certain for
@@ -206,6 +213,7 @@ class MethodConfig:
     pixel_reliability: str = "and"
     tau_max: float = 0.95
     tau_min: float = 0.5
+    seg_tau_min: float | None = None
     eta_start: float = 0.75
     temperature: float = 0.07
     base_temperature: float = 0.07
@@ -312,6 +320,15 @@ class MethodConfig:
             f"<= method.tau_max ({self.tau_max})",
             self.tau_min,
         )
+        if self.seg_tau_min is not None:
+            require(
+                isinstance(self.seg_tau_min, (int, float))
+                and not isinstance(self.seg_tau_min, bool)
+                and 0.0 <= self.seg_tau_min <= self.tau_max,
+                "method.seg_tau_min",
+                f"null or a number in [0, method.tau_max ({self.tau_max})]",
+                self.seg_tau_min,
+            )
         require(
             self.contrast_fp32_precision in FP32_PRECISIONS,
             "method.contrast_fp32_precision",

@@ -159,7 +159,8 @@ class HermesMethod(nn.Module):
         with torch.no_grad():
             pl_l = self._pseudo_label(cls_l.logits, eta_cls)
             log_truth(logs, "cls", pl_l, y, "labeled", comm)
-            log_truth(logs, "seg", self._pseudo_label(seg_l.logits, eta_seg), mask, "labeled", comm)
+            pl_seg_l = self._pseudo_label(seg_l.logits, eta_seg, pixels=True)
+            log_truth(logs, "seg", pl_seg_l, mask, "labeled", comm)
 
         zero = ce_l.new_zeros(())
         ce_u = dice_u = contrast_img = contrast_pix = itc = zero
@@ -174,7 +175,7 @@ class HermesMethod(nn.Module):
                 cls_source = self.alignment(cls_source, y, comm)
                 log_alignment(logs, self.alignment)
             pl_cls = self._pseudo_label(cls_source, eta_cls)
-            pl_seg = self._pseudo_label(seg_w.logits, eta_seg)
+            pl_seg = self._pseudo_label(seg_w.logits, eta_seg, pixels=True)
             log_unlabeled_pseudo(logs, pl_cls, pl_seg, unlabeled, comm, cfg.unlabeled_truth_stats)
 
             if w.ce_u > 0:
@@ -283,13 +284,17 @@ class HermesMethod(nn.Module):
             )
         return _Views(outs[0][0], outs[1][0]), _Views(outs[0][1], outs[1][1])
 
-    def _pseudo_label(self, logits: Tensor, eta: float) -> DualThresholdOutput:
+    def _pseudo_label(
+        self, logits: Tensor, eta: float, pixels: bool = False
+    ) -> DualThresholdOutput:
         """Dual threshold (or the fixed-threshold ablation) on detached logits; thresholds from
-        the global batch's histogram."""
-        if self.cfg.pseudo_labels == "fixed":
-            t = self.cfg.fixed_threshold
+        the global batch's histogram, bounded below by ``seg_tau_min`` for ``pixels``."""
+        cfg = self.cfg
+        if cfg.pseudo_labels == "fixed":
+            t = cfg.fixed_threshold
             return pseudo_labels(logits, self.comm, self.backend, eta=math.inf, tau=(t, t))
-        tau = (self.cfg.tau_max, self.cfg.tau_min)
+        low = cfg.seg_tau_min if pixels and cfg.seg_tau_min is not None else cfg.tau_min
+        tau = (cfg.tau_max, low)
         return pseudo_labels(logits, self.comm, self.backend, eta=eta, tau=tau)
 
     def _pixel_masks(self, pl: DualThresholdOutput, eta: float) -> tuple[Tensor, Tensor]:

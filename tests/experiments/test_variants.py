@@ -45,6 +45,7 @@ def test_each_variant_changes_only_its_fields(tmp_path: Path) -> None:
     assert cfgs["warmup_unlabeled"].warmup_epochs == 10.0
     assert cfgs["warmup_unlabeled"].warmup_epochs_of == "unlabeled"
     assert cfgs["views_apart"].method.concat_views is False and base.method.concat_views
+    assert cfgs["strict_lesion"].method.seg_tau_min == 0.8 and base.method.seg_tau_min is None
     assert cfgs["itc_cls"].method.itc_trains == "cls"
     assert cfgs["itc_seg"].method.itc_trains == "seg"
     assert cfgs["dice_image"].method.dice_reduction == "image"

@@ -135,6 +135,34 @@ def test_fixed_threshold_mode() -> None:
     assert logs["pseudo_seg/kept_certain_0"].item() == 1.0  # no entropy threshold
 
 
+def test_seg_tau_min_bounds_the_pixel_thresholds_alone() -> None:
+    """The pixel class thresholds follow ``tau_max - (tau_max - seg_tau_min) * (1 - r_c)``
+    (from the logged share of each class), the image ones keep ``tau_min``."""
+    from hermes.ops.dual_threshold import class_thresholds
+
+    labeled, unlabeled = batches()
+
+    def logs(**kw) -> dict[str, float]:
+        cfg = MethodConfig(tau_max=0.95, tau_min=0.5, **kw)
+        torch.manual_seed(0)
+        _, out = HermesMethod(tiny_model(decoder_dropout=0.0), cfg)(labeled, unlabeled, step=0)
+        return {k: v.item() for k, v in out.items()}
+
+    paper, strict = logs(), logs(seg_tau_min=0.8)
+    for task, low in (("seg", 0.8), ("cls", 0.5)):
+        share = torch.tensor([strict[f"pseudo_{task}/label_fraction_{c}"] for c in (0, 1)])
+        want = class_thresholds(share, 0.95, low)
+        got = torch.tensor([strict[f"pseudo_{task}/threshold_{c}"] for c in (0, 1)])
+        torch.testing.assert_close(got, want)
+    for c in (0, 1):
+        assert strict[f"pseudo_seg/threshold_{c}"] >= 0.8
+        assert strict[f"pseudo_cls/threshold_{c}"] == paper[f"pseudo_cls/threshold_{c}"]
+    # the switch changes the pixel thresholds here (not a no-op on this input)
+    assert min(paper[f"pseudo_seg/threshold_{c}"] for c in (0, 1)) < 0.8
+    with pytest.raises(ValueError, match="method.seg_tau_min"):
+        MethodConfig(seg_tau_min=0.99)
+
+
 def _grad_norm(params) -> float:
     return sum(float(p.grad.abs().sum()) for p in params if p.grad is not None)
 
