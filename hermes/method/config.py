@@ -244,6 +244,11 @@ class MethodConfig:
         """Whether the segmentation Dice losses are computed per image (``dice_reduction``)."""
         return self.dice_reduction == "image"
 
+    @property
+    def pixel_tau_min(self) -> float:
+        """The lower bound of the pixel class thresholds (``seg_tau_min``, else ``tau_min``)."""
+        return self.tau_min if self.seg_tau_min is None else self.seg_tau_min
+
     def __post_init__(self) -> None:
         require(self.mode in MODES, "method.mode", f"one of {MODES}", self.mode)
         require(

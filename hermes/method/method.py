@@ -293,8 +293,7 @@ class HermesMethod(nn.Module):
         if cfg.pseudo_labels == "fixed":
             t = cfg.fixed_threshold
             return pseudo_labels(logits, self.comm, self.backend, eta=math.inf, tau=(t, t))
-        low = cfg.seg_tau_min if pixels and cfg.seg_tau_min is not None else cfg.tau_min
-        tau = (cfg.tau_max, low)
+        tau = (cfg.tau_max, cfg.pixel_tau_min if pixels else cfg.tau_min)
         return pseudo_labels(logits, self.comm, self.backend, eta=eta, tau=tau)
 
     def _pixel_masks(self, pl: DualThresholdOutput, eta: float) -> tuple[Tensor, Tensor]:
